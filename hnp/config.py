@@ -1,0 +1,264 @@
+"""Experiment configuration: frozen dataclasses per stage, filled from YAML, overridden with `--set key=value`.
+
+Usage:
+    cfg = load_config("configs/paper.yaml", overrides=["optim.lr=1e-4", "train.epochs=3"])
+    save_config(cfg, run_dir / "config.yaml")
+
+An unknown key, in the file or in an override, is an error that names the key (dotted path) and, where one is
+close, the key that was probably meant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hnp.errors import HnpError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation; always off at evaluation. Flips and rotations are never offered:
+    a mirrored or rotated radiograph confuses the levels (paper, Methods 2.3)."""
+
+    enabled: bool = False
+    scale: float = 0.05  # random zoom in [1 - scale, 1 + scale]
+    shift: float = 0.05  # random translation, fraction of the image side
+    brightness: float = 0.1  # additive jitter, fraction of the intensity range
+    contrast: float = 0.1  # multiplicative jitter around 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 456  # EfficientNet-B5's native resolution
+    channels: int = 3  # 3 = gray replicated for ImageNet stems, 1 = a single-channel stem
+    resize: str = "stretch"  # "stretch" to a square, or "pad" (keep aspect, pad to a square)
+    clahe: bool = True
+    clahe_clip_limit: float = 2.0
+    clahe_tiles: int = 8
+    loader: str = "dali"  # "dali" or "torch" (webdataset + OpenCV)
+    batch_size: int = 16
+    num_threads: int = 4  # DALI CPU threads, or torch DataLoader workers
+    shuffle_buffer: int = 2048
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.resize", self.resize, ("stretch", "pad"))
+        _check_choice("data.loader", self.loader, ("dali", "torch"))
+        _check_choice("data.channels", self.channels, (1, 3))
+        _check_positive("data.image_size", self.image_size)
+        _check_positive("data.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "efficientnet_b5"  # any timm model name
+    pretrained: str = "hub"  # "hub" (timm/Hugging Face download), "none", or a local weights file
+    task: str = "levels"  # "any" (paper's baseline), "levels" (main task), "levels_age" (multitask)
+    age_loss_weight: float = 0.1  # weight of the age regression loss in "levels_age"
+    pos_weight: tuple[float, ...] | None = None  # per-level BCE pos_weight, LEVELS order
+    drop_rate: float = 0.4
+
+    def __post_init__(self) -> None:
+        _check_choice("model.task", self.task, ("any", "levels", "levels_age"))
+        if self.pos_weight is not None and len(self.pos_weight) != 5:
+            raise HnpError(f"model.pos_weight: expected 5 values (one per level), got {len(self.pos_weight)}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    t_0: int = 1  # epochs until the first warm restart (stepped per iteration)
+    t_mult: int = 2
+    eta_min: float = 1e-7
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    amp: str = "bf16"  # "bf16", "fp16" (with a grad scaler) or "off"
+    channels_last: bool = True
+    grad_accum: int = 1
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("train.amp", self.amp, ("bf16", "fp16", "off"))
+        _check_positive("train.epochs", self.epochs)
+        _check_positive("train.grad_accum", self.grad_accum)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    workers_per_fold: int = 1
+    use_gpu: bool = True
+    gpus_per_worker: float = 1.0  # fractions let several folds share one GPU
+    cpus_per_worker: float = 4.0
+    max_concurrent_folds: int = 4
+    storage_path: str = ""  # local folder or cloud URI for Ray checkpoints; "" = <out>/ray
+    max_failures: int = 3
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "offline"  # "offline", "online" or "off"
+    project: str = "hnp-xray"
+    entity: str = ""
+
+    def __post_init__(self) -> None:
+        _check_choice("wandb.mode", self.mode, ("offline", "online", "off"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "hnp"
+    folds: int = 4
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise HnpError(f"folds: cross-validation needs at least 2 folds, got {self.folds}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config (or start from defaults when `path` is None) and apply `key=value` overrides.
+
+    Args:
+        path: a YAML file whose nesting mirrors ExperimentConfig.
+        overrides: dotted keys with YAML values, e.g. ``["optim.lr=1e-4", "data.augment.enabled=true"]``.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    return build_dataclass(ExperimentConfig, raw, prefix="")
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config, so a run records exactly what it ran with."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists), for YAML, Ray's config dicts and W&B."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise HnpError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise HnpError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise HnpError(f"{path}: expected a mapping of config sections at the top level")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise HnpError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise HnpError(f"--set {item!r}: {part} is a value, not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:
+    """Fill dataclass `cls` from a dict, recursing into nested dataclasses and checking every key."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise HnpError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in raw if key not in names]
+    if unknown:
+        raise HnpError(_unknown_key_message(prefix, str(unknown[0]), names))
+    values = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**values)
+
+
+def _unknown_key_message(prefix: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(names)}"
+    return f"unknown config key {prefix}{key}{hint}"
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Turn a YAML value into the field's type, or raise an error naming the key."""
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise HnpError(f"{key}: expected a list, got {value!r}")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_coerce(item_type, item, key) for item in value)
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise HnpError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise HnpError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        # YAML reads "3e-5" as a string (it wants "3.0e-5"), so numbers in strings are parsed here.
+        try:
+            if not isinstance(value, bool):
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+        raise HnpError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise HnpError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise HnpError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise HnpError(f"{key}: must be positive, got {value}")

@@ -1,0 +1,1 @@
+"""phantom stage of hnp-xray."""

@@ -1,0 +1,1 @@
+"""sharding stage of hnp-xray."""

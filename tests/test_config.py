@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hnp.config import ExperimentConfig, load_config, save_config
+from hnp.errors import HnpError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_loads(name: str) -> None:
+    assert isinstance(load_config(CONFIGS / name), ExperimentConfig)
+
+
+def test_paper_config_holds_the_papers_settings() -> None:
+    cfg = load_config(CONFIGS / "paper.yaml")
+    assert (cfg.model.name, cfg.data.image_size, cfg.optim.lr, cfg.folds) == ("efficientnet_b5", 456, 3e-5, 4)
+    assert cfg.data.clahe and not cfg.data.augment.enabled
+
+
+def test_overrides_parse_yaml_values_and_nest() -> None:
+    cfg = load_config(CONFIGS / "tiny.yaml", ["optim.lr=1e-4", "data.augment.enabled=true", "model.pos_weight=[1,2,3,4,5]"])
+    assert cfg.optim.lr == 1e-4
+    assert cfg.data.augment.enabled is True
+    assert cfg.model.pos_weight == (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.lrr=1e-4"], "unknown config key optim.lrr; did you mean optim.lr?"),
+        (["data.augment.flip=true"], "unknown config key data.augment.flip"),
+        (["nonsense=1"], "unknown config key nonsense"),
+        (["train.epochs=many"], "train.epochs: expected an integer"),
+        (["optim.lr=fast"], "optim.lr: expected a number"),
+        (["model.task=segmentation"], "model.task: 'segmentation' is not one of any, levels, levels_age"),
+        (["data.clahe=maybe"], "data.clahe: expected true or false"),
+        (["model.pos_weight=[1,2]"], "model.pos_weight: expected 5 values"),
+        (["optim.lr"], "expected key=value"),
+        (["folds=1"], "at least 2 folds"),
+    ],
+)
+def test_bad_config_is_an_error_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(HnpError, match=message.replace("[", r"\[").replace("?", r"\?")):
+        load_config(CONFIGS / "tiny.yaml", overrides)
+
+
+def test_unknown_key_in_a_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(HnpError, match=r"unknown config key train.epoch; did you mean train.epochs\?"):
+        load_config(path)
+
+
+def test_saved_config_loads_back_identical(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "paper.yaml", ["model.pos_weight=[1,1,1,2,2]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
