@@ -1,0 +1,192 @@
+"""Bagging of the fold models, per-patient aggregation and the decision thresholds (Kim et al. 2022, Methods).
+
+The paper: "a more accurate prediction was derived by combining predictions using a bagging ensemble, with four
+weights obtained through four-fold training data ... the average value of the predicted probability for each
+patient was obtained for the final decision", with the optimal threshold of each fold. Here that is:
+
+1. every fold model predicts every test image: `prob_fold{k}_<column>`;
+2. bagged image probability = mean over the folds: `prob_<column>`;
+3. patient probability = mean of the bagged probabilities of the patient's images; the patient's label at a
+   level is positive when any of the patient's images carries it (they agree unless a patient has several
+   studies with different MRI reads);
+4. threshold per level (`--threshold`):
+   - `fold-mean` (default): the mean of the folds' Youden-J thresholds (each fold's, from its validation);
+   - `fixed:X`: X for every level, e.g. `fixed:0.5`;
+   - `youden-oof`: Youden's J on the pooled out-of-fold validation predictions of all folds, aggregated per
+     patient the same way as the test set. Thresholds are never chosen on the test set itself.
+
+Data frame columns use the column-safe level names (`L1_2` ... `L5_S1`) plus `any`: `label_<c>`, `prob_<c>`,
+`pred_<c>`. "any" (HNP at one level or more) is the model's own output for the `any` task; for the level tasks
+its score is the highest level probability and its label the OR of the level labels, a summary comparable with
+the paper's baseline task (Table 2), with its own Youden-J threshold per fold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from eval.metrics import youden_threshold
+from hnp.errors import HnpError
+from hnp.levels import LEVEL_COLUMNS, LEVELS
+
+TASKS = ("any", "levels", "levels_age")
+
+
+def output_columns(task: str) -> tuple[str, ...]:
+    """The frame columns of the model's probability outputs, in output order."""
+    _check_task(task)
+    return ("any",) if task == "any" else LEVEL_COLUMNS
+
+
+def targets(task: str) -> dict[str, str]:
+    """Display name -> frame column of every target reported for a task (levels, then "any")."""
+    _check_task(task)
+    level_targets = {} if task == "any" else dict(zip(LEVELS, LEVEL_COLUMNS, strict=True))
+    return {**level_targets, "any": "any"}
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise HnpError(f"model task {task!r} is not one of {', '.join(TASKS)}")
+
+
+def bag_folds(images: pd.DataFrame, folds: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+    """Add the bagged probability `prob_<c>` = mean over folds of `prob_fold{k}_<c>`.
+
+    Args:
+        images: one row per image with the per-fold probability columns.
+        folds: the fold numbers that predicted.
+        columns: output columns, e.g. LEVEL_COLUMNS.
+    """
+    if not folds:
+        raise HnpError("bagging needs at least one fold model")
+    bagged = {
+        f"prob_{column}": images[[f"prob_fold{k}_{column}" for k in folds]].mean(axis=1) for column in columns
+    }
+    return images.assign(**bagged)
+
+
+def add_any(frame: pd.DataFrame, task: str) -> pd.DataFrame:
+    """For the level tasks, add `prob_any` = max of the level probabilities and `label_any` = OR of the labels.
+
+    The `any` task predicts "any" itself, so its frame is returned unchanged.
+    """
+    if task == "any":
+        return frame
+    prob_columns = [f"prob_{c}" for c in LEVEL_COLUMNS]
+    label_columns = [f"label_{c}" for c in LEVEL_COLUMNS]
+    return frame.assign(prob_any=frame[prob_columns].max(axis=1), label_any=frame[label_columns].max(axis=1))
+
+
+def patient_means(images: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per patient: mean probability and OR of labels over the patient's images, and the image count.
+
+    Args:
+        images: one row per image with `patient`, `prob_<c>` and `label_<c>`.
+        columns: the frame columns to aggregate.
+    """
+    grouped = images.groupby("patient", sort=True)
+    patients = pd.concat(
+        [
+            grouped.size().rename("n_images"),
+            grouped[[f"label_{c}" for c in columns]].max(),
+            grouped[[f"prob_{c}" for c in columns]].mean(),
+        ],
+        axis=1,
+    )
+    return patients.reset_index()
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How the per-target decision threshold is chosen; see the module docstring."""
+
+    kind: str  # "fold-mean", "fixed" or "youden-oof"
+    value: float = math.nan  # the cut-off for "fixed"
+
+
+def parse_threshold_rule(text: str) -> ThresholdRule:
+    """Parse `fold-mean`, `youden-oof` or `fixed:X` (0 < X < 1)."""
+    if text in ("fold-mean", "youden-oof"):
+        return ThresholdRule(text)
+    kind, _, value = text.partition(":")
+    if kind == "fixed":
+        try:
+            cut = float(value)
+        except ValueError:
+            cut = math.nan
+        if 0.0 < cut < 1.0:
+            return ThresholdRule("fixed", cut)
+    raise HnpError(f"--threshold {text!r}: expected fold-mean, youden-oof or fixed:X with 0 < X < 1 (e.g. fixed:0.5)")
+
+
+def fold_thresholds(
+    checkpoint_thresholds: dict[str, float], val_images: pd.DataFrame | None, task: str, fold: int
+) -> dict[str, float]:
+    """One fold's Youden-J threshold per target (display names).
+
+    The checkpoint holds the level thresholds (and "any" for the `any` task). For the level tasks "any" is a
+    derived score, so its threshold is Youden's J on the fold's out-of-fold predictions with `add_any`.
+
+    Args:
+        checkpoint_thresholds: the checkpoint's `thresholds`, keyed by level name (`L1-2` or `L1_2`).
+        val_images: the fold's validation predictions (`label_<c>`, `prob_<c>`), or None if absent.
+        task: the model task.
+        fold: the fold number, for error messages.
+    """
+    aliases = dict(zip(LEVEL_COLUMNS, LEVELS, strict=True))
+    given = {aliases.get(key, key): float(value) for key, value in checkpoint_thresholds.items()}
+    result = {}
+    for name in targets(task):
+        if name in given:
+            result[name] = given[name]
+        elif name == "any" and val_images is not None:
+            frame = add_any(val_images, task)
+            result[name] = youden_threshold(frame["label_any"].to_numpy(), frame["prob_any"].to_numpy())
+        else:
+            raise HnpError(f"fold {fold}: no threshold for {name} in best.pt, nor val_predictions.parquet to derive it")
+    return result
+
+
+def resolve_thresholds(
+    rule: ThresholdRule,
+    per_fold: Sequence[dict[str, float]],
+    oof_patients: pd.DataFrame | None,
+    task: str,
+) -> dict[str, float]:
+    """The decision threshold of each target under `rule`.
+
+    Args:
+        rule: from `parse_threshold_rule`.
+        per_fold: each fold's thresholds from `fold_thresholds`.
+        oof_patients: pooled out-of-fold predictions per patient (for `youden-oof`), with "any" added.
+        task: the model task.
+    """
+    names = targets(task)
+    if rule.kind == "fixed":
+        return {name: rule.value for name in names}
+    if rule.kind == "fold-mean":
+        # nanmean: a fold whose validation lacked positives at a rare level has no threshold there.
+        means = {name: float(np.nanmean([fold[name] for fold in per_fold])) for name in names}
+        missing = [name for name, value in means.items() if math.isnan(value)]
+        if missing:
+            raise HnpError(f"no fold has a threshold for {', '.join(missing)} (no positives in any validation fold)")
+        return means
+    if oof_patients is None:
+        raise HnpError("--threshold youden-oof needs every fold's val_predictions.parquet")
+    return {
+        name: youden_threshold(oof_patients[f"label_{c}"].to_numpy(), oof_patients[f"prob_{c}"].to_numpy())
+        for name, c in names.items()
+    }
+
+
+def add_decisions(patients: pd.DataFrame, thresholds: dict[str, float], task: str) -> pd.DataFrame:
+    """Add `pred_<c>` = 1 where `prob_<c> >= threshold`, per target."""
+    return patients.assign(
+        **{f"pred_{c}": (patients[f"prob_{c}"] >= thresholds[name]).astype(int) for name, c in targets(task).items()}
+    )
