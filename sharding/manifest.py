@@ -144,6 +144,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, encoding="utf-8-sig")
         else:
             table = pd.read_parquet(path, engine="pyarrow")
+    except UnicodeDecodeError as err:
+        raise HnpError(
+            f"{path}: cannot read the manifest: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 CSV"
+        ) from None
     except (ValueError, OSError, pyarrow.ArrowException) as err:
         raise HnpError(f"{path}: cannot read the manifest: {err}") from None
     return table.reset_index(drop=True)

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sharding.manifest import validate_manifest
 
+    if args.problems_csv and not args.problems_csv.parent.is_dir():
+        # fail before the image checks, which can take minutes, rather than after them
+        raise HnpError(f"{args.problems_csv}: cannot write the problems file: no folder {args.problems_csv.parent}")
     check = validate_manifest(args.manifest, check_images=not args.no_images, workers=args.workers)
     for problem in check.problems[: args.show]:
         print(("excluded: " if problem.excludable else "error: ") + str(problem))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import argparse
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hnp import cli
 from hnp.errors import HnpError
-from sharding import validate_cli
 from sharding.manifest import ManifestCheck, read_manifest, validate_manifest
 
 # Patient ids that cannot turn up in a message by chance; image paths embed them, as PACS exports often do.
@@ -274,6 +274,11 @@ def test_csv_line_numbers_follow_quoted_newlines_and_blank_lines(tmp_path: Path)
         ("manifest.xlsx", b"PK\x03\x04", "unknown manifest format '.xlsx'"),
         ("manifest.parquet", b"not parquet at all", "cannot read the manifest"),
         ("manifest.csv", b"", "cannot read the manifest"),
+        (
+            "manifest.csv",
+            "patient_id,age\n\ud658\uc790,40\n".encode("cp949"),
+            "cannot read the manifest: not UTF-8 text .* save it as UTF-8",
+        ),
     ],
 )
 def test_unreadable_manifest_names_the_file(tmp_path: Path, name: str, content: bytes | None, reason: str) -> None:
@@ -293,13 +298,16 @@ def test_images_checked_in_parallel_give_the_same_answer(tmp_path: Path) -> None
     assert validate_manifest(path, check_images=False).problems == []
 
 
-def _hnp_validate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    validate_cli.add_arguments(parser)
-    return validate_cli.run(parser.parse_args(argv))
+@pytest.fixture
+def hnp_validate(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], int]:
+    """`hnp validate ARGS` through the real CLI entry, with the other subcommands (and their imports) left out."""
+    monkeypatch.setattr(cli, "COMMANDS", {"validate": cli.COMMANDS["validate"]})
+    return lambda argv: cli.main(["validate", *argv])
 
 
-def test_cli_exit_status_and_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_status_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hnp_validate: Callable[[list[str]], int]
+) -> None:
     rows = _good_rows(tmp_path)
     good = _write(tmp_path, rows, "good.csv")
     rows[6]["mri_date"] = "2021-01-01"
@@ -307,28 +315,38 @@ def test_cli_exit_status_and_output(tmp_path: Path, capsys: pytest.CaptureFixtur
     rows[1]["age"], rows[2]["L1_2"], rows[3]["split"] = "abc", 3, "val"
     bad = _write(tmp_path, rows, "bad.csv")
 
-    assert _hnp_validate([str(good)]) == 0
+    assert hnp_validate([str(good)]) == 0
     assert "train: 6 images of 3 patients" in capsys.readouterr().out
-    assert _hnp_validate([str(excluded_only), "--workers", "2"]) == 0
+    assert hnp_validate([str(excluded_only), "--workers", "2"]) == 0
     assert "excluded rows, X-ray/MRI > 90 days apart: 1" in capsys.readouterr().out
-    assert _hnp_validate([str(bad), "--no-images"]) == 1
+    assert hnp_validate([str(bad), "--no-images"]) == 1
     out = capsys.readouterr().out
     assert "error: row 1 (line 3 of bad.csv), column age: age 'abc' is not a number" in out
     assert "errors: 3 (the manifest must be fixed)" in out and "PHI-SECRET" not in out
 
 
-def test_cli_caps_the_list_and_writes_every_problem_to_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_caps_the_list_and_writes_every_problem_to_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hnp_validate: Callable[[list[str]], int]
+) -> None:
     rows = _good_rows(tmp_path)
     for row in rows:
         row["age"] = 5
     path = _write(tmp_path, rows)
-    assert _hnp_validate([str(path), "--show", "3"]) == 1
+    assert hnp_validate([str(path), "--show", "3"]) == 1
     out = capsys.readouterr().out
     assert out.count("is outside 18-120") == 3
     assert "... and 5 more (--problems-csv FILE lists them all)" in out
-    assert _hnp_validate([str(path), "--show", "3", "--problems-csv", str(tmp_path / "p.csv")]) == 1
+    assert hnp_validate([str(path), "--show", "3", "--problems-csv", str(tmp_path / "p.csv")]) == 1
     with (tmp_path / "p.csv").open() as handle:
         written = list(csv.DictReader(handle))
     assert [(r["row"], r["line"], r["column"]) for r in written] == [(str(i), str(i + 2), "age") for i in range(8)]
-    with pytest.raises(HnpError, match="cannot write the problems file"):
-        _hnp_validate([str(path), "--problems-csv", str(tmp_path / "no" / "p.csv")])
+    capsys.readouterr()
+    assert hnp_validate([str(path), "--problems-csv", str(tmp_path / "no" / "p.csv")]) == 2
+    assert "p.csv: cannot write the problems file" in capsys.readouterr().err
+
+
+def test_cli_unreadable_manifest_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hnp_validate: Callable[[list[str]], int]
+) -> None:
+    assert hnp_validate([str(tmp_path / "absent.csv")]) == 2
+    assert capsys.readouterr().err == f"hnp validate: error: {tmp_path / 'absent.csv'}: manifest not found\n"
