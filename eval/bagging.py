@@ -74,27 +74,31 @@ def bag_folds(images: pd.DataFrame, folds: Sequence[int], columns: Sequence[str]
 def add_any(frame: pd.DataFrame, task: str) -> pd.DataFrame:
     """For the level tasks, add `prob_any` = max of the level probabilities and `label_any` = OR of the labels.
 
-    The `any` task predicts "any" itself, so its frame is returned unchanged.
+    The `any` task predicts "any" itself, so its frame is returned unchanged; a frame without labels (a new
+    patient in `hnp predict`) gets only `prob_any`.
     """
     if task == "any":
         return frame
-    prob_columns = [f"prob_{c}" for c in LEVEL_COLUMNS]
+    derived = {"prob_any": frame[[f"prob_{c}" for c in LEVEL_COLUMNS]].max(axis=1)}
     label_columns = [f"label_{c}" for c in LEVEL_COLUMNS]
-    return frame.assign(prob_any=frame[prob_columns].max(axis=1), label_any=frame[label_columns].max(axis=1))
+    if all(column in frame for column in label_columns):
+        derived["label_any"] = frame[label_columns].max(axis=1)
+    return frame.assign(**derived)
 
 
 def patient_means(images: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """One row per patient: mean probability and OR of labels over the patient's images, and the image count.
 
     Args:
-        images: one row per image with `patient`, `prob_<c>` and `label_<c>`.
+        images: one row per image with `patient`, `prob_<c>` and (when known) `label_<c>`.
         columns: the frame columns to aggregate.
     """
     grouped = images.groupby("patient", sort=True)
+    label_columns = [f"label_{c}" for c in columns if f"label_{c}" in images]
     patients = pd.concat(
         [
             grouped.size().rename("n_images"),
-            grouped[[f"label_{c}" for c in columns]].max(),
+            grouped[label_columns].max(),
             grouped[[f"prob_{c}" for c in columns]].mean(),
         ],
         axis=1,
