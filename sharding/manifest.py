@@ -21,7 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -91,7 +91,7 @@ class ManifestCheck:
     path: Path
     table: pd.DataFrame
     problems: list[Problem]
-    ignored_columns: dict[str, str]
+    ignored_columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
