@@ -7,6 +7,7 @@ empty or truncated files, PNG or DICOM files named `.jpg`, and encodings the dec
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ EOI = b"\xff\xd9"
 # Start-of-frame markers: C0-CF except C4 (DHT), C8 (reserved) and CC (DAC).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SUPPORTED_SOF = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+_NO_FRAME_HEADER = "truncated JPEG: no frame header"
 _SIGNATURES = {b"\x89PNG": "a PNG file", b"DICM": "a DICOM file", b"II*\x00": "a TIFF file", b"MM\x00*": "a TIFF file"}
 
 
@@ -39,12 +41,38 @@ def inspect_jpeg(data: bytes) -> JpegInfo:
         JpegError: empty, not a JPEG (names PNG/DICOM/TIFF when it recognises them), truncated (no end
             marker), or an encoding we don't decode (lossless, arithmetic, 12/16-bit, CMYK).
     """
-    if not data:
+    return _inspect(head=data, tail=data[-_TAIL_BYTES:], size=len(data))
+
+
+def inspect_jpeg_file(path: str | Path) -> JpegInfo:
+    """`inspect_jpeg` reading only the file's head and tail; a missing or unreadable file raises JpegError too."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(_HEAD_BYTES)
+            file.seek(max(size - _TAIL_BYTES, 0))
+            tail = file.read()
+    except FileNotFoundError:
+        raise JpegError("file not found") from None
+    except OSError as err:
+        raise JpegError(f"unreadable: {err.strerror or err}") from None
+    if size > len(head) and _frame_header_beyond(head):
+        return inspect_jpeg(Path(path).read_bytes())  # metadata segments longer than the head: read it all
+    return _inspect(head, tail, size)
+
+
+# Frame headers sit after the metadata segments, within the first few KB of nearly every radiograph.
+_HEAD_BYTES = 256 * 1024
+_TAIL_BYTES = 64
+
+
+def _inspect(head: bytes, tail: bytes, size: int) -> JpegInfo:
+    if size == 0:
         raise JpegError("empty file (0 bytes)")
-    if not data.startswith(SOI):
-        raise JpegError(f"not a JPEG: {_recognise(data)}")
-    info = _read_frame_header(data)
-    if not data.rstrip(b"\x00").endswith(EOI):
+    if not head.startswith(SOI):
+        raise JpegError(f"not a JPEG: {_recognise(head)}")
+    info = _read_frame_header(head)
+    if not tail.rstrip(b"\x00").endswith(EOI):
         raise JpegError("truncated JPEG: no end-of-image marker")
     if info.precision != 8:
         raise JpegError(f"{info.precision}-bit JPEG: only 8-bit samples are supported")
@@ -53,15 +81,12 @@ def inspect_jpeg(data: bytes) -> JpegInfo:
     return info
 
 
-def inspect_jpeg_file(path: str | Path) -> JpegInfo:
-    """`inspect_jpeg` on a file's bytes; a missing or unreadable file raises JpegError too."""
+def _frame_header_beyond(head: bytes) -> bool:
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise JpegError("file not found") from None
-    except OSError as err:
-        raise JpegError(f"unreadable: {err.strerror or err}") from None
-    return inspect_jpeg(data)
+        _read_frame_header(head)
+    except JpegError as err:
+        return str(err) == _NO_FRAME_HEADER
+    return False
 
 
 def _recognise(data: bytes) -> str:
@@ -89,14 +114,16 @@ def _read_frame_header(data: bytes) -> JpegInfo:
         if marker == 0xDA:
             raise JpegError("corrupt JPEG: image data before any frame header")
         pos += 2 + length
-    raise JpegError("truncated JPEG: no frame header")
+    raise JpegError(_NO_FRAME_HEADER)
 
 
 def _parse_sof(marker: int, segment: bytes) -> JpegInfo:
     if len(segment) < 6:
         raise JpegError("truncated JPEG: short frame header")
     if marker not in _SUPPORTED_SOF:
-        raise JpegError(f"unsupported JPEG encoding (start-of-frame 0x{marker:02X}: lossless, hierarchical or arithmetic)")
+        raise JpegError(
+            f"unsupported JPEG encoding (start-of-frame 0x{marker:02X}: lossless, hierarchical or arithmetic)"
+        )
     precision, height, width, components = struct.unpack(">BHHB", segment[:6])
     if width == 0 or height == 0:
         raise JpegError(f"JPEG with zero size ({width}x{height})")

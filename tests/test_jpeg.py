@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hnp.jpeg import JpegError, inspect_jpeg
+from hnp.jpeg import JpegError, inspect_jpeg, inspect_jpeg_file
 
 
 def _jpeg(height: int = 40, width: int = 30, channels: int = 1, **params: int) -> bytes:
@@ -50,3 +50,24 @@ def test_rejects_cmyk_and_12_bit_frames() -> None:
         inspect_jpeg(bytes(cmyk))
     with pytest.raises(JpegError, match="12-bit"):
         inspect_jpeg(bytes(twelve_bit))
+
+
+def test_file_check_reads_head_and_tail_and_agrees_with_bytes(tmp_path) -> None:
+    good, truncated = tmp_path / "good.jpg", tmp_path / "truncated.jpg"
+    data = _jpeg(600, 500)
+    good.write_bytes(data)
+    truncated.write_bytes(data[: len(data) // 2])
+    assert inspect_jpeg_file(good) == inspect_jpeg(data)
+    with pytest.raises(JpegError, match="truncated JPEG: no end-of-image marker"):
+        inspect_jpeg_file(truncated)
+    with pytest.raises(JpegError, match="file not found"):
+        inspect_jpeg_file(tmp_path / "missing.jpg")
+
+
+def test_file_check_finds_a_frame_header_behind_long_metadata(tmp_path) -> None:
+    data = _jpeg(40, 30)
+    # Five 64 KB comment segments (COM, 0xFFFE) push the frame header past the first 256 KB read.
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + b"x" * 65533
+    path = tmp_path / "long_metadata.jpg"
+    path.write_bytes(data[:2] + comment * 5 + data[2:])
+    assert inspect_jpeg_file(path).width == 30
