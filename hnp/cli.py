@@ -20,6 +20,8 @@ from hnp.errors import HnpError
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phantom.cli", "write synthetic lumbar radiographs with planted per-level HNP signal"),
     "validate": ("sharding.validate_cli", "check a manifest against the contract and summarise it"),
+    "shard": ("sharding.shard_cli", "patient-grouped folds of WebDataset shards (+ DALI indexes) from a manifest"),
+    "train": ("train.cli", "train the cross-validation folds with Ray (one TorchTrainer per fold, several at once)"),
 }
 
 log = logging.getLogger("hnp")

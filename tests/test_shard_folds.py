@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hnp.errors import HnpError
+from hnp.levels import LEVEL_COLUMNS, PAPER_PREVALENCE
+from sharding.folds import assign_folds, patient_strata, table1, table1_markdown
+
+# Per-level prevalence of each fold may differ from the whole training set by at most this much (absolute) with
+# 2,000 patients. Stratified folds stay within ~0.007 over seeds 0-4; an unstratified GroupKFold misses it by
+# 0.02-0.05, so the tolerance tells the two apart.
+PREVALENCE_TOLERANCE = 0.015
+
+
+def _cohort(patients: int, seed: int) -> tuple[pd.Series, pd.DataFrame]:
+    """1-8 images per patient, labels per patient at the paper's prevalence."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(1, 9, patients)
+    owner = np.repeat(np.arange(patients), images)
+    labels = (rng.random((patients, len(LEVEL_COLUMNS))) < np.array(PAPER_PREVALENCE)).astype(int)[owner]
+    return pd.Series([f"P{k}" for k in owner]), pd.DataFrame(labels, columns=list(LEVEL_COLUMNS))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_folds_group_patients_and_balance_prevalence(seed: int) -> None:
+    patients, labels = _cohort(2000, seed)
+    folds = assign_folds(patients, labels, 4, seed)
+    assert set(folds) == {0, 1, 2, 3}
+    folds_per_patient = pd.Series(folds).groupby(patients.to_numpy()).nunique()
+    assert (folds_per_patient == 1).all()
+    overall = labels.mean()
+    for fold in range(4):
+        deviation = (labels[folds == fold].mean() - overall).abs().max()
+        assert deviation <= PREVALENCE_TOLERANCE, f"fold {fold} prevalence off by {deviation:.4f}"
+    sizes = np.bincount(folds)
+    assert sizes.max() / sizes.min() < 1.05
+
+
+def test_same_seed_same_folds_other_seed_other_folds() -> None:
+    patients, labels = _cohort(300, 0)
+    first = assign_folds(patients, labels, 4, 7)
+    assert np.array_equal(first, assign_folds(patients, labels, 4, 7))
+    assert not np.array_equal(first, assign_folds(patients, labels, 4, 8))
+
+
+def test_rare_label_patterns_are_merged_into_splittable_strata() -> None:
+    patients, labels = _cohort(200, 3)
+    # one patient with a pattern nobody else has
+    labels.loc[patients == "P0", list(LEVEL_COLUMNS)] = 1
+    strata = pd.Series(patient_strata(patients, labels, 4))
+    per_stratum = strata.groupby(strata).apply(lambda rows: patients[rows.index].nunique())
+    assert per_stratum.min() >= 4
+
+
+def test_fewer_patients_than_folds_is_an_error() -> None:
+    patients = pd.Series(["A", "A", "B"])
+    labels = pd.DataFrame(np.zeros((3, 5), int), columns=list(LEVEL_COLUMNS))
+    with pytest.raises(HnpError, match="at least 4 training patients"):
+        assign_folds(patients, labels, 4, 0)
+
+
+def test_table1_counts_and_markdown() -> None:
+    labels = pd.DataFrame([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], columns=list(LEVEL_COLUMNS))
+    table = table1({"fold0": labels, "fold1": labels.iloc[:1]})
+    assert table.loc[("fold0", "HNP")].tolist() == [0, 0, 1, 2, 1]
+    assert table.loc[("fold0", "No-HNP")].tolist() == [3, 3, 2, 1, 2]
+    assert table.loc[("fold1", "Sum")].tolist() == [1] * 5
+    text = table1_markdown(table)
+    assert "| fold0 | No-HNP | 3 | 3 | 2 | 1 | 2 |\n|  | HNP | 0 | 0 | 1 | 2 | 1 |" in text
+    assert "| L1-2 | L2-3 | L3-4 | L4-5 | L5-S1 |" in text
