@@ -1,0 +1,87 @@
+"""Ray orchestration end to end on CPU: 4 folds at once on tiny shards, then relaunches that resume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hnp.levels import LEVEL_COLUMNS, LEVELS
+from sharding.build import ShardOptions, shard_manifest
+from train import cli
+from train.model import load_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def band_shards(root: Path, patients: int = 40, size: int = 96, seed: int = 0) -> Path:
+    """Shards of noisy gray JPEGs where level j positive brightens band j: every level is learnable."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for p in range(patients):
+        labels = (rng.random(5) < 0.4).astype(int)
+        for view in ("LAT", "AP"):
+            image = rng.normal(100, 20, (size, size))
+            band = size // 5
+            for j in range(5):
+                image[j * band:(j + 1) * band] += 80 * labels[j]
+            path = root / "img" / f"{p}_{view}.jpg"
+            cv2.imwrite(str(path), np.clip(image, 0, 255).astype(np.uint8))
+            rows.append({"patient_id": f"P{p:04d}", "image_path": str(path), "view": view,
+                         "split": "test" if p % 10 == 9 else "train", "age": int(rng.integers(20, 80)),
+                         **dict(zip(LEVEL_COLUMNS, labels.tolist(), strict=True))})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    shard_manifest(ShardOptions(manifest=root / "manifest.csv", out=root / "shards", folds=4, progress=False))
+    return root / "shards"
+
+
+def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
+    settings = ["data.image_size=64", "data.batch_size=8", *overrides]
+    return argparse.Namespace(config=CONFIGS / "tiny.yaml", shards=shards, out=out, overrides=settings, address=None)
+
+
+@pytest.mark.slow
+def test_four_folds_train_concurrently_and_relaunches_resume(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    shards, out = band_shards(tmp_path / "data"), tmp_path / "run"
+    try:
+        assert cli.run(_args(shards, out, "train.epochs=1")) == 0
+        first = {k: pd.read_csv(out / f"fold{k}" / "history.csv") for k in range(4)}
+        # Relaunch with more epochs: Ray Train restores each fold's last checkpoint and runs epoch 2 only.
+        assert cli.run(_args(shards, out, "train.epochs=2")) == 0
+    finally:
+        ray.shutdown()
+    assert (out / "config.yaml").is_file()
+    for k in range(4):
+        folder = out / f"fold{k}"
+        history = pd.read_csv(folder / "history.csv")
+        assert list(history["epoch"]) == [1, 2]
+        pd.testing.assert_frame_equal(history.iloc[:1], first[k])  # epoch 1 was not trained again
+        best = load_checkpoint(folder / "best.pt")
+        assert best.fold == k and set(best.val_auc) == set(LEVELS)
+        predictions = pd.read_parquet(folder / "val_predictions.parquet")
+        assert (predictions["fold"] == k).all() and predictions["key"].is_unique
+    keys = [set(pd.read_parquet(out / f"fold{k}" / "val_predictions.parquet")["key"]) for k in range(4)]
+    assert sum(map(len, keys)) == len(set().union(*keys)) == 72  # each training image validated by one fold
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 8  # 4 folds x 2 launches, same 4 run ids
+    # A third launch finds every fold finished and starts no Ray at all.
+    assert cli.run(_args(shards, out, "train.epochs=2")) == 0
+    assert not ray.is_initialized()
+
+
+def test_relaunch_with_another_config_is_refused(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "dataset.json").write_text("{}")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text((CONFIGS / "tiny.yaml").read_text())
+    with pytest.raises(cli.HnpError, match=r"differs in .*optim.lr"):
+        cli.run(_args(shards, out, "optim.lr=0.5"))
+    with pytest.raises(cli.HnpError, match="no dataset.json"):
+        cli.run(_args(tmp_path, out))

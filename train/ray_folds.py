@@ -1,0 +1,198 @@
+"""Ray orchestration: every fold is a Ray Train `TorchTrainer` (DDP over `workers_per_fold` workers), and the
+folds run side by side as Ray Tune trials, at most `max_concurrent_folds` at once.
+
+Ray 2.60 runs Train V2, where a Tuner cannot take a trainer directly: each Tune trial runs `run_fold_trial`,
+which builds its fold's TorchTrainer and calls `fit()` (the Train V2 + Tune pattern). Fault tolerance:
+- each epoch rank 0 reports the fold folder (best.pt, history.csv, val_predictions.parquet, state.pt) as a Ray
+  checkpoint, persisted under `ray.storage_path` (a local folder or a cloud URI);
+- a failed worker group is restarted up to `ray.max_failures` times and resumes from `ray.train.get_checkpoint()`,
+  so a crash costs at most the epoch in progress;
+- relaunching the same experiment (same name and storage) resumes it: finished folds (their folder complete in
+  the run folder) are not started again, and Ray Train V2 restores each unfinished fold's latest checkpoint;
+- a fold that fails for good is reported by name after the other folds finish.
+
+The run folder must be reachable from the node running each fold's trial (one machine, or shared storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hnp.config import ExperimentConfig, build_dataclass, config_to_dict
+from hnp.errors import HnpError
+from train.loop import FoldContext, train_fold
+from train.wandb_log import log_epoch, start_fold_run
+
+log = logging.getLogger("hnp.train")
+# A fold's trial only waits on its trainer (the workers hold the real CPUs and GPUs), but Tune wants a resource.
+TRIAL_CPU = 0.01
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fold_dir(out_dir: Path, fold: int) -> Path:
+    """The run contract's folder of one fold."""
+    return out_dir / f"fold{fold}"
+
+
+def fold_finished(path: Path, epochs: int) -> bool:
+    """A fold is done when its best.pt exists and history.csv records all epochs."""
+    history = path / "history.csv"
+    return (path / "best.pt").is_file() and history.is_file() and len(pd.read_csv(history)) >= epochs
+
+
+def fold_splits(cfg: ExperimentConfig, fold: int) -> tuple[list[str], list[str]]:
+    """(training splits, validation split) of a fold: train on the other folds, validate on this one."""
+    return [f"fold{k}" for k in range(cfg.folds) if k != fold], [f"fold{fold}"]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: one rank of one fold (its loaders, resume, the loop, reports to Ray and W&B)."""
+    cfg = build_dataclass(ExperimentConfig, config["experiment"], prefix="")
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.dataset import split_shards
+    from pipeline.loader import build_loader
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fold, shards, out_dir = int(config["fold"]), Path(config["shards"]), Path(config["out"])
+    context = ray.train.get_context()  # Ray: this worker's place in the fold's worker group
+    ctx = FoldContext(fold=fold, rank=context.get_world_rank(), world_size=context.get_world_size(),
+                      device=ray.train.torch.get_device())
+    train_splits, val_splits = fold_splits(cfg, fold)
+    loader_args = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": cfg.train.seed, "device": str(ctx.device)}
+    train_loader = build_loader(cfg.data, split_shards(shards, train_splits), training=True, **loader_args)
+    val_loader = build_loader(cfg.data, split_shards(shards, val_splits), training=False, **loader_args)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"hnp-fold{fold}-rank{ctx.rank}-"))
+    checkpoint = ray.train.get_checkpoint()  # Ray: the latest reported checkpoint after a restart or relaunch
+    if checkpoint is not None:
+        checkpoint.to_directory(str(work_dir))
+    run = start_fold_run(cfg, fold, out_dir) if ctx.rank == 0 else None
+
+    def report(row: dict[str, float], path: Path) -> None:
+        log_epoch(run, row)
+        # Ray: every rank reports; rank 0 attaches the fold folder, which Ray copies to storage_path.
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0 else None)
+
+    try:
+        train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report)
+    finally:
+        if run is not None:
+            run.finish()
+
+
+def run_fold_trial(config: dict[str, Any]) -> None:
+    """Ray Tune trial: build one fold's TorchTrainer, fit it, and copy its last checkpoint to the run folder."""
+    cfg = build_dataclass(ExperimentConfig, config["experiment"], prefix="")
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    fold = int(config["fold"])
+    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        # Ray: DDP over workers_per_fold workers; fractional GPUs let several folds share a device.
+        scaling_config=ScalingConfig(num_workers=cfg.ray.workers_per_fold, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        # Ray: the same name + storage on a relaunch makes Train V2 restore the fold's latest checkpoint.
+        run_config=RunConfig(name=f"{cfg.name}-fold{fold}", storage_path=config["storage"],
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[TuneReportCallback()]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise HnpError(f"fold{fold}: training ended without a checkpoint")
+    result.checkpoint.to_directory(str(fold_dir(Path(config["out"]), fold)))
+
+
+@dataclass(frozen=True)
+class FoldOutcome:
+    fold: int
+    status: str  # "trained", "already finished" or "failed"
+    error: str = ""
+
+
+def train_folds(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path,
+                address: str | None = None) -> list[FoldOutcome]:
+    """Train every unfinished fold with Ray, at most `cfg.ray.max_concurrent_folds` at once.
+
+    Args:
+        cfg: the experiment config.
+        shards_dir: the shard folder (with dataset.json), readable from every worker.
+        out_dir: the run folder; fold{k}/ folders land in it.
+        address: a Ray cluster to join; None joins RAY_ADDRESS when set (as under `ray job submit`),
+            else starts Ray on this machine.
+
+    Returns:
+        One outcome per fold; failed folds carry their error.
+    """
+    out_dir, shards_dir = out_dir.resolve(), shards_dir.resolve()
+    pending = [k for k in range(cfg.folds) if not fold_finished(fold_dir(out_dir, k), cfg.train.epochs)]
+    outcomes = {k: FoldOutcome(k, "already finished") for k in range(cfg.folds) if k not in pending}
+    for k in outcomes:
+        log.info("fold%d: already finished in %s, not retrained", k, fold_dir(out_dir, k))
+    if pending:
+        _init_ray(cfg, address)
+        outcomes.update(_run_trials(cfg, shards_dir, out_dir, pending))
+    return [outcomes[k] for k in range(cfg.folds)]
+
+
+def _init_ray(cfg: ExperimentConfig, address: str | None) -> None:
+    import math
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
+        return
+    # A local Ray: the workers import this repository's packages from its root, installed or not.
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # Declare at least the CPUs the configured concurrency asks for, so a small machine runs the folds
+    # side by side (time-shared) instead of leaving the last ones waiting forever for a free CPU.
+    fold_cpus = cfg.ray.workers_per_fold * cfg.ray.cpus_per_worker + TRIAL_CPU
+    wanted = math.ceil(min(cfg.folds, cfg.ray.max_concurrent_folds) * fold_cpus)
+    ray.init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, wanted),
+             runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+
+
+def _run_trials(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
+    from ray import tune
+
+    storage = cfg.ray.storage_path or str(out_dir / "ray")
+    base = {"experiment": config_to_dict(cfg), "shards": str(shards_dir), "out": str(out_dir), "storage": storage}
+    tuner = tune.Tuner(
+        tune.with_resources(run_fold_trial, {"cpu": TRIAL_CPU}),
+        param_space={**base, "fold": tune.grid_search(folds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_folds),
+        run_config=tune.RunConfig(name=f"{cfg.name}-folds", storage_path=storage, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    outcomes = {}
+    for result in tuner.fit():
+        fold = int(result.config["fold"])
+        if result.error is not None:
+            outcomes[fold] = FoldOutcome(fold, "failed", _error_line(result.error))
+            log.error("fold%d failed: %s", fold, outcomes[fold].error)
+        else:
+            outcomes[fold] = FoldOutcome(fold, "trained")
+    return outcomes
+
+
+def _error_line(error: BaseException) -> str:
+    """The innermost message of a Ray error chain, on one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
