@@ -47,6 +47,10 @@ class DataConfig:
     batch_size: int = 16
     num_threads: int = 4  # DALI CPU threads, or torch DataLoader workers
     shuffle_buffer: int = 2048
+    # Normalization in [0, 1] units, per channel; ImageNet's by default (pretrained stems). One channel uses the
+    # average of three values.
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -55,6 +59,8 @@ class DataConfig:
         _check_choice("data.channels", self.channels, (1, 3))
         _check_positive("data.image_size", self.image_size)
         _check_positive("data.batch_size", self.batch_size)
+        if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean) or min(self.std) <= 0:
+            raise HnpError(f"data.mean/data.std: expected 1 or 3 values each, std positive; got {self.mean}, {self.std}")
 
 
 @dataclass(frozen=True)

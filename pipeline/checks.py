@@ -1,0 +1,55 @@
+"""Find the sample behind a decode failure, when the decoder's own error does not name it.
+
+DALI's decoder reports some failures with the sample's source (`fold0-000003.tar:1536:r0000042.jpg`) and others
+only as "nvImageCodec failure"; `explain_failure` turns either into an HnpError naming shard and key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from hnp.errors import HnpError
+from pipeline.dataset import IMAGE_EXT, SampleEntry
+from pipeline.transforms import decode_gray
+
+# DALI's source info: "<tar path>:<byte offset>:<member name>"
+_SOURCE = re.compile(r"(?P<shard>\S+\.tar):\d+:(?P<key>[^\s.:]+)\.\w+")
+
+
+def explain_failure(err: Exception, samples: Sequence[SampleEntry]) -> HnpError:
+    """An HnpError naming the shard and sample key of a pipeline failure.
+
+    Args:
+        err: what the pipeline raised.
+        samples: the samples this rank reads; scanned for the culprit when `err` names none.
+    """
+    detail = dali_message(str(err))
+    match = _SOURCE.search(str(err))
+    if match:
+        return HnpError(f"{match['shard']}: sample {match['key']}: undecodable image ({detail})")
+    bad = find_bad_sample(samples)
+    if bad is not None:
+        return HnpError(f"{bad}; the pipeline said: {detail}")
+    shards = sorted({str(sample.shard) for sample in samples})
+    return HnpError(f"pipeline failed reading {', '.join(shards)}; no single bad sample found: {detail}")
+
+
+def dali_message(text: str) -> str:
+    """The operator's own words from a DALI error, without the pipeline-definition traceback around them."""
+    if "encountered:" in text:
+        text = text.split("encountered:", 1)[1]
+    text = text.split("Current pipeline object is no longer valid", 1)[0]
+    return " ".join(text.split()) or "unknown error"
+
+
+def find_bad_sample(samples: Sequence[SampleEntry]) -> str | None:
+    """Read and decode each sample's image until one fails; returns that failure's message or None."""
+    for sample in tqdm(samples, desc="looking for the bad sample", unit="img", leave=False):
+        try:
+            decode_gray(sample.read(IMAGE_EXT), where=f"{sample.shard}: sample {sample.key}")
+        except HnpError as err:
+            return str(err)
+    return None

@@ -1,0 +1,210 @@
+"""The DALI input pipeline: webdataset shards -> grayscale decode -> CLAHE -> resize -> [jitter] -> normalize.
+
+    loader = DaliLoader(cfg.data, split_shards("shards", ["fold1", "fold2", "fold3"]), training=True,
+                        rank=rank, world_size=world_size, seed=cfg.train.seed, device="cuda:0")
+    for batch in loader: ...     # batch["image"]: float32 (N, C, S, S) on cuda:0
+
+On a GPU the JPEG decode is `mixed` (nvJPEG) and CLAHE, resize and normalization run on the GPU; with
+`device="cpu"` everything runs on `cfg.num_threads` CPU threads. Each rank reads its own contiguous part of the
+samples (DALI's `shard_id`/`num_shards`, the same parts as `pipeline.dataset.rank_range`).
+
+Epochs: in training the reader streams without end (seeded shuffle buffer; each reader epoch moves every rank on
+to the next rank's part) and an epoch is a fixed number of full batches, equal on all ranks. In evaluation each
+rank's reader sticks to its part and pads it to whole batches; the padding is cut off here, so every sample is
+yielded exactly once across ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+
+from hnp.config import DataConfig
+from pipeline.checks import explain_failure
+from pipeline.dataset import IMAGE_EXT, LABEL_EXT, batch_sizes, index_path, rank_range, read_samples
+from pipeline.transforms import CONTRAST_CENTER, channel_stats
+
+log = logging.getLogger("hnp.pipeline")
+
+READER_NAME = "reader"
+
+
+def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int, world_size: int,
+                        seed: int, device_id: int | None) -> Pipeline:
+    """An unbuilt DALI pipeline whose outputs are (images float32 (N, C, S, S), labels float32 (N, 7)).
+
+    Args:
+        cfg: the data section of the config.
+        shards: tar paths, each with its `.idx` beside it.
+        training: shuffle, stream and apply `cfg.augment`; otherwise read in order, each sample once.
+        rank: this process's rank: the reader's `shard_id`.
+        world_size: number of ranks: the reader's `num_shards`.
+        seed: run seed; combined with the rank so ranks draw different shuffles and jitter.
+        device_id: CUDA device for `mixed` decode and GPU operators, or None for a CPU-only pipeline.
+    """
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id,
+                  seed=rank_seed(seed, rank), prefetch_queue_depth=2)
+    def hnp_pipeline():  # noqa: ANN202 - DALI graph definition
+        jpegs, labels = fn.readers.webdataset(
+            paths=[str(shard) for shard in shards], index_paths=[str(index_path(Path(s))) for s in shards],
+            ext=[IMAGE_EXT, LABEL_EXT], dtypes=[types.UINT8, types.FLOAT], missing_component_behavior="error",
+            shard_id=rank, num_shards=world_size, name=READER_NAME,
+            random_shuffle=training, initial_fill=max(1, cfg.shuffle_buffer),
+            stick_to_shard=not training, pad_last_batch=not training)
+        images = fn.decoders.image(jpegs, device="mixed" if device_id is not None else "cpu",
+                                   output_type=types.GRAY)  # (H, W, 1) uint8
+        return preprocess_graph(images, cfg, training), labels
+
+    return hnp_pipeline()
+
+
+def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
+    """DALI operators for `pipeline.transforms.preprocess` / `preprocess_train`: uint8 (H, W, 1) -> float32 (C, S, S).
+
+    Args:
+        images: decoded grayscale images, HWC, on the CPU or the GPU.
+        cfg: the data section of the config.
+        training: apply `cfg.augment` when it is enabled.
+    """
+    size = cfg.image_size
+    if cfg.clahe:
+        images = fn.clahe(images, tiles_x=cfg.clahe_tiles, tiles_y=cfg.clahe_tiles, clip_limit=cfg.clahe_clip_limit)
+    if cfg.resize == "stretch":
+        images = fn.resize(images, size=[size, size])
+    else:
+        images = fn.resize(images, mode="not_larger", size=[size, size])
+        images = fn.crop(images, crop=[size, size], out_of_bounds_policy="pad", fill_values=0)
+    if training and cfg.augment.enabled:
+        images = jitter_graph(images, cfg)
+    if cfg.channels == 3:
+        images = fn.cat(images, images, images, axis=2)
+    mean, std = channel_stats(cfg)
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                    mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+
+
+def jitter_graph(images: Any, cfg: DataConfig) -> Any:
+    """Random zoom about the center and shift (black outside), then contrast and brightness: the DALI form of
+    `pipeline.transforms.apply_jitter`. No flips, no rotations. A range of 0 leaves that step out."""
+    aug, size = cfg.augment, cfg.image_size
+    if aug.scale > 0 or aug.shift > 0:
+        center = size / 2  # DALI puts 0 at the corner of the first pixel
+        inverse = 1 / _uniform(1.0, aug.scale)
+        shift = fn.random.uniform(range=[-aug.shift, aug.shift], shape=[2]) * size if aug.shift > 0 else 0.0
+        # destination -> source: src = center + (dst - center - shift) / scale
+        matrix = fn.transforms.translation(offset=-(shift + center) if aug.shift > 0 else [-center, -center])
+        matrix = fn.transforms.scale(matrix, scale=fn.stack(inverse, inverse) if aug.scale > 0 else [1.0, 1.0])
+        matrix = fn.transforms.translation(matrix, offset=[center, center])
+        images = fn.warp_affine(images, matrix=matrix, fill_value=0, interp_type=types.INTERP_LINEAR)
+    if aug.brightness > 0 or aug.contrast > 0:
+        images = fn.brightness_contrast(images, contrast=_uniform(1.0, aug.contrast), contrast_center=CONTRAST_CENTER,
+                                        brightness_shift=_uniform(0.0, aug.brightness))
+    return images
+
+
+def _uniform(middle: float, half_width: float) -> Any:
+    """A per-sample draw from [middle - half_width, middle + half_width], or the constant when the width is 0
+    (DALI refuses an empty range)."""
+    if half_width <= 0:
+        return middle
+    return fn.random.uniform(range=[middle - half_width, middle + half_width])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A distinct, reproducible 31-bit seed per (run seed, rank)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def device_index(device: str | torch.device) -> int | None:
+    """The CUDA device index for DALI, or None for the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"DALI runs on the CPU or a CUDA device, not {device}")
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+class DaliLoader:
+    """Batches from the DALI pipeline as torch tensors on `device` (the `build_loader` contract).
+
+    Args:
+        cfg: the data section of the config.
+        shards: tar paths (`pipeline.dataset.split_shards`).
+        training: see `build_dali_pipeline`.
+        rank: this process's rank.
+        world_size: number of ranks.
+        seed: run seed.
+        device: "cpu" or a CUDA device.
+    """
+
+    def __init__(self, cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
+        start, stop = rank_range(len(samples), rank, world_size)
+        self._part = samples[start:stop]
+        self._sizes = batch_sizes(len(samples), stop - start, world_size, cfg.batch_size, training)
+        self._device = torch.device(device)
+        self._runs = 0  # pipeline runs per evaluation pass, padding included
+        self._unread = 0  # runs of the current evaluation pass not yet taken from the pipeline
+        self._pipe: Pipeline | None = None
+        if self._sizes:
+            self._pipe = build_dali_pipeline(cfg, shards, training=training, rank=rank, world_size=world_size,
+                                             seed=seed, device_id=device_index(self._device))
+            self._call(self._pipe.build)
+            self._runs = 0 if training else self._padded_runs(cfg.batch_size)
+
+    def _padded_runs(self, batch_size: int) -> int:
+        """DALI pads every rank's part to the largest part, then to whole batches; a rank whose part is smaller
+        has whole batches of padding at the end of each pass, which are run here but never yielded."""
+        meta = self._pipe.reader_meta(READER_NAME)
+        padded_part = meta["epoch_size_padded"] // meta["number_of_shards"]
+        return -(-padded_part // batch_size)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._drain()
+        self._unread = self._runs
+        for size in self._sizes:
+            outputs = self._call(self._pipe.run)
+            self._unread = max(0, self._unread - 1)
+            yield self._to_batch(outputs, size)
+
+    def _drain(self) -> None:
+        """Run off the padding, or what a broken-off evaluation pass left, so a pass starts at its first sample."""
+        while self._unread:
+            self._call(self._pipe.run)
+            self._unread -= 1
+
+    def _call(self, step: Any) -> Any:
+        try:
+            return step()
+        except RuntimeError as err:
+            raise explain_failure(err, self._part) from err
+
+    def _to_batch(self, outputs: tuple, size: int) -> dict[str, Any]:
+        images, labels = outputs
+        dense = images.as_tensor()  # every image is (C, S, S): one (N, C, S, S) block
+        image = torch.empty(dense.shape(), dtype=torch.float32, device=self._device)
+        stream = torch.cuda.current_stream(self._device) if self._device.type == "cuda" else None
+        feed_ndarray(dense, image, cuda_stream=stream)
+        vector = torch.from_numpy(np.asarray(labels.as_tensor())[:size]).to(self._device)  # (N, 7) LABEL_VECTOR
+        return {"image": image[:size], "labels": vector[:, :5], "any": vector[:, 5], "age": vector[:, 6],
+                "key": [sample_key(labels[i].source_info()) for i in range(size)]}
+
+
+def sample_key(source_info: str) -> str:
+    """`fold0-000000.tar:1536:r0000042.lbl` -> `r0000042`."""
+    member = source_info.rsplit(":", 1)[-1]
+    return member.split(".", 1)[0]

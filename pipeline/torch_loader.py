@@ -1,0 +1,144 @@
+"""The torch fallback loader (`data.loader: torch`): OpenCV preprocessing in DataLoader worker processes.
+
+    loader = TorchLoader(cfg.data, split_shards("shards", ["fold0"]), training=False, rank=0, world_size=1)
+
+Samples are read by byte range through the DALI index files beside the tars (`pipeline.dataset`), so each rank
+and worker reads only the samples it needs, in any order: evaluation gives every rank the same contiguous part
+DALI's reader gives it (same samples, same order), and training draws a fresh global permutation each epoch.
+The transforms are `pipeline.transforms`, the functions `hnp predict` and `hnp preview` use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hnp.config import DataConfig
+from hnp.errors import HnpError
+from hnp.schema import LABEL_VECTOR
+from pipeline.dataset import IMAGE_EXT, LABEL_EXT, SampleEntry, batch_sizes, rank_range, read_samples
+from pipeline.transforms import decode_gray, preprocess, preprocess_train
+
+Item = tuple[int, int]  # (epoch, sample index): the epoch seeds the sample's augmentation draw
+
+
+class ShardSamples(Dataset):
+    """Decoded, preprocessed samples, addressed by (epoch, index into `samples`).
+
+    Args:
+        samples: every sample of the shard list.
+        cfg: the data section of the config.
+        training: apply `cfg.augment` (seeded by seed, epoch and index, so independent of worker count).
+        seed: run seed.
+    """
+
+    def __init__(self, samples: Sequence[SampleEntry], cfg: DataConfig, training: bool, seed: int) -> None:
+        self.samples, self.cfg, self.training, self.seed = samples, cfg, training, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: Item) -> dict[str, Any]:
+        epoch, index = item
+        sample = self.samples[index]
+        where = f"{sample.shard}: sample {sample.key}"
+        gray = decode_gray(sample.read(IMAGE_EXT), where)
+        vector = np.frombuffer(sample.read(LABEL_EXT), dtype="<f4")
+        if vector.size != len(LABEL_VECTOR):
+            raise HnpError(f"{where}: .{LABEL_EXT} holds {vector.size} values, expected {len(LABEL_VECTOR)}")
+        if self.training:
+            image = preprocess_train(gray, self.cfg, np.random.default_rng([self.seed, epoch, index]))
+        else:
+            image = preprocess(gray, self.cfg)
+        return {"image": torch.from_numpy(image), "vector": torch.from_numpy(vector.astype(np.float32)),
+                "key": sample.key}
+
+
+class EpochBatches(Sampler):
+    """Batches of (epoch, index) for one rank, per `pipeline.dataset.batch_sizes`.
+
+    Training: a permutation of all samples seeded by (seed, epoch), the same on every rank, dealt round-robin
+    to the ranks and cut to the common number of full batches. Evaluation: the rank's contiguous part, in order.
+    """
+
+    def __init__(self, total: int, cfg: DataConfig, *, training: bool, rank: int, world_size: int, seed: int) -> None:
+        self.total, self.training, self.rank, self.world_size, self.seed = total, training, rank, world_size, seed
+        self.start, self.stop = rank_range(total, rank, world_size)
+        self.sizes = batch_sizes(total, self.stop - self.start, world_size, cfg.batch_size, training)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.training:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.total)[self.rank::self.world_size]
+        else:
+            order = np.arange(self.start, self.stop)
+        position = 0
+        for size in self.sizes:
+            yield [(epoch, int(index)) for index in order[position:position + size]]
+            position += size
+
+
+class TorchLoader:
+    """Batches from a torch DataLoader with `cfg.num_threads` worker processes (the `build_loader` contract).
+
+    Args:
+        cfg: the data section of the config.
+        shards: tar paths (`pipeline.dataset.split_shards`).
+        training: see `pipeline.loader.build_loader`.
+        rank: this process's rank.
+        world_size: number of ranks.
+        seed: run seed.
+        device: where the batch tensors go.
+    """
+
+    def __init__(self, cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
+        self._device = torch.device(device)
+        self._batches = EpochBatches(len(samples), cfg, training=training, rank=rank, world_size=world_size,
+                                     seed=seed)
+        workers = cfg.num_threads
+        self._loader = DataLoader(ShardSamples(samples, cfg, training, seed), batch_sampler=self._batches,
+                                  num_workers=workers, pin_memory=self._device.type == "cuda",
+                                  persistent_workers=workers > 0, worker_init_fn=_one_cv2_thread)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = iter(self._loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except HnpError as err:
+                raise HnpError(worker_message(err)) from None
+            yield self._to_device(batch)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        vector = batch["vector"].to(self._device, non_blocking=True)  # (N, 7) LABEL_VECTOR
+        return {"image": batch["image"].to(self._device, non_blocking=True), "labels": vector[:, :5],
+                "any": vector[:, 5], "age": vector[:, 6], "key": list(batch["key"])}
+
+
+def worker_message(err: HnpError) -> str:
+    """The original message of an HnpError raised in a worker: torch re-raises it with the worker's traceback
+    folded into the text, which the CLI would print."""
+    return str(err).rsplit("HnpError: ", 1)[-1].strip()
+
+
+def _one_cv2_thread(worker_id: int) -> None:
+    """Each worker is one process doing one image at a time; OpenCV's own threads would only oversubscribe."""
+    del worker_id
+    cv2.setNumThreads(1)

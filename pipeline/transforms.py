@@ -1,0 +1,159 @@
+"""The preprocessing of Kim et al. 2022 (Methods 2.3) in OpenCV: CLAHE, resize, normalization, and the training
+jitter. The torch loader, `hnp predict` and `hnp preview` use these; `pipeline.dali` builds the same steps from
+DALI operators (CLAHE identical pixel for pixel, resize within a few gray levels; tests/test_pipeline_equivalence.py).
+
+    gray = decode_gray(jpeg_bytes, where="shards/fold0/fold0-000000.tar: sample r0000042")
+    x = preprocess(gray, cfg.data)        # float32 (C, S, S), what the model sees at evaluation
+
+Order of steps, for both loaders: decode to 8-bit gray -> CLAHE at full resolution -> resize to S x S (stretch, or
+keep the aspect and pad with black) -> [training: random scale and shift, brightness and contrast jitter] ->
+scale to [0, 1], replicate to C channels, subtract the mean and divide by the std per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hnp.config import AugmentConfig, DataConfig
+from hnp.errors import HnpError
+from hnp.jpeg import JpegError, inspect_jpeg
+
+CONTRAST_CENTER = 128.0  # contrast jitter pivots around mid-gray, in 8-bit units
+
+
+def decode_gray(data: bytes, where: str) -> np.ndarray:
+    """Decode JPEG bytes to an 8-bit grayscale (H, W) array.
+
+    Args:
+        data: the `.jpg` component of a sample.
+        where: names the shard and sample in the error, e.g. "fold0/fold0-000000.tar: sample r0000042".
+
+    Raises:
+        HnpError: the bytes are not a complete JPEG (checked first: libjpeg decodes a truncated file with a
+            warning and gray filler, which would be a silent corruption) or the decoder refuses them.
+    """
+    try:
+        inspect_jpeg(data)
+    except JpegError as err:
+        raise HnpError(f"{where}: undecodable image: {err}") from None
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise HnpError(f"{where}: undecodable image: OpenCV could not decode the JPEG")
+    return gray
+
+
+def apply_clahe(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalization (Zuiderveld 1994) as OpenCV does it; DALI's `fn.clahe`
+    gives the same pixels. Returns the input unchanged when `cfg.clahe` is off."""
+    if not cfg.clahe:
+        return gray
+    tiles = (cfg.clahe_tiles, cfg.clahe_tiles)
+    return cv2.createCLAHE(clipLimit=cfg.clahe_clip_limit, tileGridSize=tiles).apply(gray)
+
+
+def resize_square(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Resize an (H, W) image to (S, S): stretched, or aspect kept with the longer side S and black padding.
+
+    INTER_AREA when shrinking matches DALI's antialiased linear resize to within about 2 gray levels.
+    """
+    size = cfg.image_size
+    if cfg.resize == "stretch":
+        return _resize(gray, size, size)
+    height, width = gray.shape
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = _resize(gray, new_w, new_h)
+    # DALI's centered crop-with-padding puts the odd pixel of padding on the top/left side.
+    top, left = (size - new_h + 1) // 2, (size - new_w + 1) // 2
+    out = np.zeros((size, size), np.uint8)
+    out[top:top + new_h, left:left + new_w] = resized
+    return out
+
+
+def _resize(gray: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrinking = width <= gray.shape[1] and height <= gray.shape[0]
+    return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def channel_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) in [0, 1] units, one value per output channel.
+
+    One channel takes the average of three-value statistics (e.g. ImageNet's): a gray image is their average.
+    Three channels repeat a single value.
+    """
+    mean, std = tuple(cfg.mean), tuple(cfg.std)
+    if len(mean) == cfg.channels:
+        return mean, std
+    if cfg.channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean * cfg.channels, std * cfg.channels
+
+
+def normalize(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """An (S, S) image in 8-bit units (uint8 or float) -> float32 (C, S, S), normalized per channel."""
+    mean, std = channel_stats(cfg)
+    scaled = image.astype(np.float32) / 255.0
+    out = np.empty((cfg.channels, *scaled.shape), np.float32)
+    for channel in range(cfg.channels):
+        out[channel] = (scaled - mean[channel]) / std[channel]
+    return out
+
+
+def preprocess(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """The evaluation transform: uint8 (H, W) -> float32 (C, S, S). No randomness."""
+    return normalize(resize_square(apply_clahe(gray, cfg), cfg), cfg)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """One draw of the training augmentation. Flips and rotations are deliberately absent (paper, Methods 2.3)."""
+
+    scale: float  # zoom factor about the image center
+    shift_x: float  # translation in pixels of the S x S image
+    shift_y: float
+    brightness: float  # added, in 8-bit units
+    contrast: float  # multiplier around CONTRAST_CENTER
+
+
+def sample_jitter(rng: np.random.Generator, aug: AugmentConfig, size: int) -> Jitter:
+    """Draw uniform jitter within the configured ranges (the same ranges the DALI pipeline draws from)."""
+    shift_x, shift_y = rng.uniform(-aug.shift, aug.shift, size=2) * size
+    return Jitter(scale=float(rng.uniform(1 - aug.scale, 1 + aug.scale)), shift_x=float(shift_x),
+                  shift_y=float(shift_y), brightness=float(rng.uniform(-aug.brightness, aug.brightness) * 255),
+                  contrast=float(rng.uniform(1 - aug.contrast, 1 + aug.contrast)))
+
+
+def jitter_matrix(jitter: Jitter, center: float) -> np.ndarray:
+    """The 2x3 destination -> source map, in pixels of the S x S image, of a zoom about `center` then a shift.
+
+    Args:
+        jitter: the draw.
+        center: the image center in OpenCV's convention, (S - 1) / 2: pixel centers sit on integers (DALI puts
+            0 at the corner of the first pixel, so `pipeline.dali` uses S / 2 for the same map).
+    """
+    inv = 1.0 / jitter.scale
+    return np.array([[inv, 0.0, center - (center + jitter.shift_x) * inv],
+                     [0.0, inv, center - (center + jitter.shift_y) * inv]], np.float32)
+
+
+def apply_jitter(image: np.ndarray, jitter: Jitter) -> np.ndarray:
+    """uint8 (S, S) -> uint8 (S, S): zoom and shift (black outside), then contrast and brightness, rounded and
+    clipped to [0, 255] as DALI's `fn.brightness_contrast` does with a uint8 output."""
+    size = image.shape[0]
+    matrix = jitter_matrix(jitter, center=(size - 1) / 2)
+    warped = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = (warped.astype(np.float32) - CONTRAST_CENTER) * jitter.contrast + CONTRAST_CENTER + jitter.brightness
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def preprocess_train(gray: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """The training transform: `preprocess` with random jitter between resize and normalization when
+    `cfg.augment.enabled`."""
+    image = resize_square(apply_clahe(gray, cfg), cfg)
+    if cfg.augment.enabled:
+        image = apply_jitter(image, sample_jitter(rng, cfg.augment, cfg.image_size))
+    return normalize(image, cfg)

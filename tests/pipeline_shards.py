@@ -1,0 +1,39 @@
+"""Test shards for the pipeline tests: the shared tiny manifest, its images repainted as smooth radiograph-like
+pictures of varied size and aspect, sharded by the real `hnp shard` library (several small tars per split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from conftest import write_manifest
+
+from sharding.build import ShardOptions, shard_manifest
+
+MARK = 255  # a bright block in the top-left quadrant of every image: a flip would move it
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Soft gradients and blobs with mild noise: resize differences behave as on radiographs, unlike pure noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = 60 + 80 * (yy / height) + 40 * np.sin(xx / rng.uniform(20, 50)) * np.cos(yy / rng.uniform(20, 50))
+    image += rng.normal(0, 6, (height, width))
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.2)
+    image[height // 8:height // 3, width // 8:width // 3] = MARK
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def build_shards(folder: Path, patients: int = 16, seed: int = 0) -> Path:
+    """Write a manifest with `patients` x 2 images under `folder`, shard it, return the shard folder."""
+    manifest = write_manifest(folder / "data", patients=patients, images_per_patient=2, test_fraction=0.25, seed=seed)
+    rng = np.random.default_rng(seed)
+    for path in pd.read_csv(manifest)["image_path"]:
+        height, width = int(rng.integers(96, 260)), int(rng.integers(80, 240))
+        ok, encoded = cv2.imencode(".jpg", smooth_image(rng, height, width), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        assert ok
+        (manifest.parent / path).write_bytes(encoded.tobytes())
+    out = folder / "shards"
+    shard_manifest(ShardOptions(manifest=manifest, out=out, shard_bytes=24 * 2**10, progress=False))
+    return out
