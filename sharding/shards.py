@@ -28,9 +28,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 from tqdm import tqdm
 
 from hnp.errors import HnpError
+from hnp.jpeg import JpegError, inspect_jpeg
 
 BLOCK = 512
 LEDGER_NAME = "progress.jsonl"
@@ -85,7 +88,9 @@ class ShardSpec:
 
     def digest(self, encoding: Encoding) -> str:
         """A hash of everything that determines the shard's bytes, to tell a reusable old shard from a stale one."""
-        sha = hashlib.sha256(json.dumps([self.name, asdict(encoding)]).encode())
+        # the quality only matters when images are re-encoded
+        quality = encoding.jpeg_quality if encoding.max_side is not None else None
+        sha = hashlib.sha256(json.dumps([self.name, encoding.max_side, quality]).encode())
         for sample in self.samples:
             sha.update(json.dumps([sample.key, sample.image, sample.image_size, sample.image_mtime_ns]).encode())
             sha.update(sample.meta)
@@ -238,16 +243,17 @@ class _TarStream:
 
 
 def _downscaled(data: bytes, encoding: Encoding) -> bytes | None:
-    """The image re-encoded at most `max_side` pixels on its long side, or None when it is small enough."""
-    import cv2
-    import numpy as np
+    """The image re-encoded at most `max_side` pixels on its long side, or None when it is small enough.
 
-    from hnp.jpeg import inspect_jpeg
-
+    Raises:
+        JpegError: the bytes are not a JPEG that decodes.
+    """
     info = inspect_jpeg(data)
     if encoding.max_side is None or max(info.width, info.height) <= encoding.max_side:
         return None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise JpegError("OpenCV cannot decode it")
     scale = encoding.max_side / max(info.width, info.height)
     size = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
     # INTER_AREA: the standard anti-aliased choice for shrinking; fine level detail survives best with it.
@@ -273,7 +279,7 @@ def _add_image(tar: _TarStream, sample: Sample, encoding: Encoding) -> tuple[int
         raise HnpError(f"{what}: cannot read: {err.strerror or err}") from None
     try:
         smaller = _downscaled(data, encoding)
-    except ValueError as err:  # JpegError: the file was replaced by something broken since validation
+    except JpegError as err:  # validation passed it, so the file was replaced since
         raise HnpError(f"{what}: {err}") from None
     payload = data if smaller is None else smaller
     return tar.add_bytes(f"{sample.key}.jpg", payload), len(payload), smaller is not None
@@ -334,8 +340,11 @@ def _verified(previous: dict | None, digest: str, tar_path: Path, idx_path: Path
         return None
     if file_sha256(tar_path) != previous.get("sha256") or file_sha256(idx_path) != previous.get("index_sha256"):
         return None
-    fields = {k: previous[k] for k in ("name", "spec_digest", "samples", "bytes", "sha256", "index_sha256",
-                                        "reencoded")}
+    try:
+        fields = {k: previous[k] for k in ("name", "spec_digest", "samples", "bytes", "sha256", "index_sha256",
+                                            "reencoded")}
+    except KeyError:  # a ledger from another version: write the shard again
+        return None
     return ShardResult(**fields, reused=True)
 
 

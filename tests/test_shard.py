@@ -363,3 +363,11 @@ def test_lbl_member_is_28_bytes_little_endian(make_manifest: Callable[..., Path]
         meta = json.loads(io.BytesIO(tar.extractfile(member.name.replace(".lbl", ".json")).read()).read())
     assert len(data) == 28
     assert list(struct.unpack("<7f", data)) == [*meta["labels"], meta["any"], meta["age"]]
+
+
+def test_no_test_rows_gives_an_empty_test_split(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dataset = shard(make_manifest(patients=12, test_fraction=0.0), out)
+    assert dataset["splits"]["test"] == {"samples": 0, "patients": 0,
+                                         "positives": {**dict.fromkeys(LEVEL_COLUMNS, 0), "any": 0}, "shards": []}
+    assert sum(dataset["splits"][f"fold{k}"]["samples"] for k in range(4)) == 24
