@@ -1,6 +1,7 @@
 """Benchmark `hnp shard` at 10k, 45k and the paper's 180,271 rows against `tar -cf` over the same files.
 
-    python bench/shard_scale.py                       # all three sizes, 2 workers, writes under /tmp
+    python bench/shard_scale.py                       # all three sizes, 2 workers, ~4 min, writes under /tmp
+    python bench/shard_scale.py --repeat 2 --markdown # as recorded in BENCHMARKS.md (~8 min)
     python bench/shard_scale.py --rows 10000 --workers 2 --work /tmp/hnp-shard-bench --markdown
 
 A handful of phantom-like radiographs (smooth anatomy-like shading, bone-like texture and quantum noise, JPEG
@@ -47,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", default="768x624", help="image HxW (default: %(default)s)")
     parser.add_argument("--shard-size", default="256MB")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hnp-shard-bench"))
-    parser.add_argument("--repeat", type=int, default=2,
+    parser.add_argument("--repeat", type=int, default=1,
                         help="alternate hnp shard and tar this many times per size and keep the best of each: "
                              "the machine is shared, and a neighbour's burst can halve one measurement")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for BENCHMARKS.md")
