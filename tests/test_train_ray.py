@@ -68,7 +68,8 @@ def test_four_folds_train_concurrently_and_relaunches_resume(tmp_path: Path) -> 
         assert (predictions["fold"] == k).all() and predictions["key"].is_unique
     keys = [set(pd.read_parquet(out / f"fold{k}" / "val_predictions.parquet")["key"]) for k in range(4)]
     assert sum(map(len, keys)) == len(set().union(*keys)) == 72  # each training image validated by one fold
-    assert len(list((out / "wandb").glob("offline-run-*"))) == 8  # 4 folds x 2 launches, same 4 run ids
+    runs = [path.name.split("-", 3)[3] for path in (out / "wandb").glob("offline-run-*")]  # offline-run-<time>-<id>
+    assert len(runs) == 8 and len(set(runs)) == 4  # 4 folds x 2 launches: the relaunch continued the same runs
     # A third launch finds every fold finished and starts no Ray at all.
     assert cli.run(_args(shards, out, "train.epochs=2")) == 0
     assert not ray.is_initialized()
