@@ -1,0 +1,219 @@
+"""Write a phantom data set: JPEGs, `manifest.parquet` / `manifest.csv` (DESIGN.md's manifest contract) and
+`truth.parquet` (per image, each disc's centre, half-height, half-width and angle in pixels).
+
+Determinism: the registry (patient and study IDs, train/test split) comes from `SeedSequence(seed, spawn_key=(0,))`
+and patient i from `SeedSequence(seed, spawn_key=(1, i))`, so every byte depends on the seed alone, never on how
+patients are spread over worker processes.
+
+    from phantom.generate import PhantomConfig, generate
+    manifest = generate(PhantomConfig(out=Path("data/phantom"), patients=200, workers=2))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hnp.errors import HnpError
+from hnp.levels import LEVEL_COLUMNS
+from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from phantom.anatomy import base_prevalence, sample_patient
+from phantom.render import encode_jpeg, render_view
+
+MIN_SIZE = (64, 48)  # smaller images cannot hold five vertebrae with visible disc spaces
+# The paper trained on the first collection period and tested on the second (Methods 2.1).
+TRAIN_PERIOD = (dt.date(2010, 1, 1), dt.date(2020, 2, 29))
+TEST_PERIOD = (dt.date(2020, 3, 1), dt.date(2021, 2, 28))
+IMAGES_DIR = "images"
+CHUNKS_PER_WORKER = 4  # enough chunks to balance the workers, few enough to keep per-task overhead small
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What `hnp phantom` writes.
+
+    Args:
+        out: folder to create (must be absent or empty).
+        patients: number of patients, >= 1; each gets 1-6 images.
+        seed: non-negative integer; the same seed gives the same bytes.
+        size: (height, width) of every image in pixels.
+        prevalence: "paper" (Table 1, modulated by age) or "balanced" (every level raised, for small test sets).
+        test_fraction: share of patients in the test split, in [0, 1).
+        workers: processes rendering in parallel.
+    """
+
+    out: Path
+    patients: int
+    seed: int = 0
+    size: tuple[int, int] = (512, 400)
+    prevalence: str = "paper"
+    test_fraction: float = 0.1
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.patients < 1:
+            raise HnpError(f"--patients must be at least 1, got {self.patients}")
+        if self.seed < 0:
+            raise HnpError(f"--seed must be a non-negative integer, got {self.seed}")
+        if self.size[0] < MIN_SIZE[0] or self.size[1] < MIN_SIZE[1]:
+            raise HnpError(f"--size {self.size[0]}x{self.size[1]} is too small: at least {MIN_SIZE[0]}x{MIN_SIZE[1]}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise HnpError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        if self.workers < 1:
+            raise HnpError(f"--workers must be at least 1, got {self.workers}")
+        base_prevalence(self.prevalence)  # raises HnpError naming the modes
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A run of consecutive patients for one worker task."""
+
+    config: PhantomConfig
+    start: int
+    registry: list[tuple[str, str, str]]  # (patient_id, study_id, split) per patient
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse "HxW" (e.g. "512x400") into (height, width).
+
+    Args:
+        text: the --size argument.
+    """
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise HnpError(f"--size must look like HxW, e.g. 512x400, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def patient_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of patient `index`: independent of every other patient and of the worker layout."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, index)))
+
+
+def patient_registry(seed: int, patients: int, test_fraction: float) -> tuple[list[str], list[str], list[str]]:
+    """Hospital-style patient IDs ("PT" + 8 digits), study IDs ("ST" + 9 digits), and each patient's split.
+
+    Args:
+        seed: the data set seed.
+        patients: how many.
+        test_fraction: share of patients drawn into "test" (rounded to whole patients).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    patient_numbers = rng.choice(90_000_000, size=patients, replace=False) + 10_000_000
+    study_numbers = rng.choice(900_000_000, size=patients, replace=False) + 100_000_000
+    test = set(rng.choice(patients, size=round(patients * test_fraction), replace=False).tolist())
+    splits = ["test" if i in test else "train" for i in range(patients)]
+    return [f"PT{n}" for n in patient_numbers], [f"ST{n}" for n in study_numbers], splits
+
+
+def sample_dates(rng: np.random.Generator, split: str) -> tuple[str, str]:
+    """X-ray date in the split's collection period and an MRI date at most MAX_XRAY_MRI_DAYS from it (ISO)."""
+    first, last = TEST_PERIOD if split == "test" else TRAIN_PERIOD
+    xray = first + dt.timedelta(days=int(rng.integers(0, (last - first).days + 1)))
+    mri = xray + dt.timedelta(days=int(rng.integers(-MAX_XRAY_MRI_DAYS // 3, MAX_XRAY_MRI_DAYS + 1)))
+    return xray.isoformat(), mri.isoformat()
+
+
+def image_name(index: int, image: int) -> str:
+    """Relative path of a patient's image: a running number, never the patient ID (which is PHI)."""
+    return f"{IMAGES_DIR}/p{index:06d}_{image}.jpg"
+
+
+def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id: str,
+                   split: str) -> tuple[list[dict], list[dict]]:
+    """Render and write one patient's images; return their manifest rows and truth rows.
+
+    Args:
+        config: the data set settings (out, seed, size, prevalence).
+        index: the patient's running number (seeds its generator, names its files).
+        patient_id, study_id, split: from `patient_registry`.
+    """
+    rng = patient_rng(config.seed, index)
+    patient = sample_patient(rng, base_prevalence(config.prevalence))
+    xray_date, mri_date = sample_dates(rng, split)
+    manifest_rows, truth_rows = [], []
+    for image, view in enumerate(patient.views):
+        pixels, truth = render_view(patient, view, rng, config.size)
+        path = image_name(index, image)
+        (config.out / path).write_bytes(encode_jpeg(pixels))
+        manifest_rows.append({"patient_id": patient_id, "image_path": path, "split": split, "age": patient.age,
+                              **dict(zip(LEVEL_COLUMNS, patient.labels, strict=True)), "view": view, "sex": patient.sex,
+                              "study_id": study_id, "xray_date": xray_date, "mri_date": mri_date})
+        truth_rows.append({"image_path": path, "view": view, "height": config.size[0], "width": config.size[1],
+                           **truth})
+    return manifest_rows, truth_rows
+
+
+def _render_chunk(chunk: _Chunk) -> tuple[list[dict], list[dict]]:
+    manifest_rows, truth_rows = [], []
+    for offset, (patient_id, study_id, split) in enumerate(chunk.registry):
+        rows, truth = render_patient(chunk.config, chunk.start + offset, patient_id, study_id, split)
+        manifest_rows += rows
+        truth_rows += truth
+    return manifest_rows, truth_rows
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # parallelism comes from the processes; OpenCV threads would only contend for cores
+
+
+def _chunks(config: PhantomConfig) -> list[_Chunk]:
+    registry = list(zip(*patient_registry(config.seed, config.patients, config.test_fraction), strict=True))
+    step = max(1, min(50, math.ceil(config.patients / (config.workers * CHUNKS_PER_WORKER))))
+    return [_Chunk(config, start, registry[start:start + step]) for start in range(0, config.patients, step)]
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HnpError(f"--out {out} exists and is not an empty folder: choose a new folder or remove it first")
+    try:
+        (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HnpError(f"--out {out}: cannot create the folder: {err.strerror}") from err
+
+
+def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
+    """Render the whole data set into `config.out` and return the manifest (also written as Parquet and CSV).
+
+    Args:
+        config: what to write.
+        progress: show a tqdm bar (per patient).
+    """
+    _prepare_out(config.out)
+    chunks = _chunks(config)
+    results: list[tuple[list[dict], list[dict]]] = [([], [])] * len(chunks)
+    with tqdm(total=config.patients, unit="patient", desc="phantom", disable=not progress) as bar:
+        if config.workers == 1:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)  # one worker means one core, as in each process of the pool
+            try:
+                for i, chunk in enumerate(chunks):
+                    results[i] = _render_chunk(chunk)
+                    bar.update(len(chunk.registry))
+            finally:
+                cv2.setNumThreads(threads)
+        else:
+            # forkserver, not fork: a fork after OpenCV has started its thread pool can deadlock the child
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["phantom.generate"])
+            with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_init_worker) as pool:
+                futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(len(chunks[futures[future]].registry))
+    manifest = pd.DataFrame([row for rows, _ in results for row in rows],
+                            columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+    truth = pd.DataFrame([row for _, rows in results for row in rows])
+    manifest.to_parquet(config.out / "manifest.parquet", index=False)
+    manifest.to_csv(config.out / "manifest.csv", index=False, lineterminator="\n")
+    truth.to_parquet(config.out / "truth.parquet", index=False)
+    return manifest
