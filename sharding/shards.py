@@ -266,7 +266,8 @@ def _downscaled(data: bytes, encoding: Encoding) -> bytes | None:
 
 def _add_image(tar: _TarStream, sample: Sample, encoding: Encoding) -> tuple[int, int, bool]:
     """Write `<key>.jpg`; returns (data offset, size, re-encoded)."""
-    what = f"sample {sample.key} image {sample.image}"
+    # named by key (= manifest row), not by path: image paths often embed the patient ID, and messages are logged
+    what = f"sample {sample.key} (r + manifest row): image"
     try:
         with open(sample.image, "rb") as source:
             stat = os.fstat(source.fileno())

@@ -371,3 +371,23 @@ def test_no_test_rows_gives_an_empty_test_split(make_manifest: Callable[..., Pat
     assert dataset["splits"]["test"] == {"samples": 0, "patients": 0,
                                          "positives": {**dict.fromkeys(LEVEL_COLUMNS, 0), "any": 0}, "shards": []}
     assert sum(dataset["splits"][f"fold{k}"]["samples"] for k in range(4)) == 24
+
+
+def test_image_changed_after_validation_is_an_error_without_the_path(make_manifest: Callable[..., Path],
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharding import build
+
+    manifest = make_manifest(patients=8)
+    victim = manifest.parent / pd.read_csv(manifest)["image_path"][3]
+    plan_shards = build.plan_shards
+
+    def plan_then_touch(*args, **kwargs):  # the file changes between planning and writing
+        specs = plan_shards(*args, **kwargs)
+        victim.write_bytes(victim.read_bytes() + b"\0")
+        return specs
+
+    monkeypatch.setattr(build, "plan_shards", plan_then_touch)
+    with pytest.raises(HnpError, match=r"sample r0000003 .*changed after it was checked") as err:
+        shard(manifest, tmp_path / "out")
+    assert str(victim) not in str(err.value)
