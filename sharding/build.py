@@ -231,7 +231,7 @@ def build_sample(columns: dict[str, list], row: int) -> Sample:
     except OSError as err:
         # the row, not the path: image paths often embed the patient ID, and messages end up in logs
         raise HnpError(f"row {row}: image_path: {err.strerror or err} (it was there when validated)") from None
-    return Sample(key=f"r{row:07d}", image=image, image_size=stat.st_size, image_mtime_ns=stat.st_mtime_ns,
+    return Sample(row=row, key=f"r{row:07d}", image=image, image_size=stat.st_size, image_mtime_ns=stat.st_mtime_ns,
                   meta=json.dumps(meta, separators=(",", ":")).encode(),
                   label_vector=struct.pack("<7f", *labels, any_level, age))
 

@@ -50,6 +50,7 @@ class Sample:
     """One radiograph as it will appear in a shard.
 
     Attributes:
+        row: the manifest row it comes from (0-based), for messages.
         key: the WebDataset key, e.g. "r0000042" (no dots: DALI and webdataset split names at the first dot).
         image: absolute path of the source JPEG.
         image_size: its size in bytes when planned (a changed file is an error, not a silent mismatch).
@@ -58,6 +59,7 @@ class Sample:
         label_vector: the `<key>.lbl` member, little-endian float32 (hnp.schema.LABEL_VECTOR).
     """
 
+    row: int
     key: str
     image: str
     image_size: int
@@ -266,8 +268,8 @@ def _downscaled(data: bytes, encoding: Encoding) -> bytes | None:
 
 def _add_image(tar: _TarStream, sample: Sample, encoding: Encoding) -> tuple[int, int, bool]:
     """Write `<key>.jpg`; returns (data offset, size, re-encoded)."""
-    # named by key (= manifest row), not by path: image paths often embed the patient ID, and messages are logged
-    what = f"sample {sample.key} (r + manifest row): image"
+    # named by row, not by path: image paths often embed the patient ID, and messages end up in logs
+    what = f"manifest row {sample.row} (sample {sample.key}): image"
     try:
         with open(sample.image, "rb") as source:
             stat = os.fstat(source.fileno())
@@ -451,6 +453,8 @@ def write_shards(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, work
         One result per spec, in plan order.
     """
     ledger = read_ledger(out_dir)
+    # drop a line a kill cut short, so that this run's appended lines start on a line of their own
+    write_atomic(out_dir / LEDGER_NAME, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in ledger.values()))
     total = sum(len(spec.samples) for spec in specs)
     results: dict[str, ShardResult] = {}
     with tqdm(total=total, desc="sharding", unit="img", disable=not progress, smoothing=0.1) as bar:

@@ -388,6 +388,6 @@ def test_image_changed_after_validation_is_an_error_without_the_path(make_manife
         return specs
 
     monkeypatch.setattr(build, "plan_shards", plan_then_touch)
-    with pytest.raises(HnpError, match=r"sample r0000003 .*changed after it was checked") as err:
+    with pytest.raises(HnpError, match=r"manifest row 3 \(sample r0000003\): image: file changed after") as err:
         shard(manifest, tmp_path / "out")
     assert str(victim) not in str(err.value)
