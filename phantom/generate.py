@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ TRAIN_PERIOD = (dt.date(2010, 1, 1), dt.date(2020, 2, 29))
 TEST_PERIOD = (dt.date(2020, 3, 1), dt.date(2021, 2, 28))
 IMAGES_DIR = "images"
 CHUNKS_PER_WORKER = 4  # enough chunks to balance the workers, few enough to keep per-task overhead small
+_Rows = tuple[list[dict], list[dict]]  # (manifest rows, truth rows)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def image_name(index: int, image: int) -> str:
 
 
 def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id: str,
-                   split: str) -> tuple[list[dict], list[dict]]:
+                   split: str) -> _Rows:
     """Render and write one patient's images; return their manifest rows and truth rows.
 
     Args:
@@ -153,7 +155,7 @@ def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id:
     return manifest_rows, truth_rows
 
 
-def _render_chunk(chunk: _Chunk) -> tuple[list[dict], list[dict]]:
+def _render_chunk(chunk: _Chunk) -> _Rows:
     manifest_rows, truth_rows = [], []
     for offset, (patient_id, study_id, split) in enumerate(chunk.registry):
         rows, truth = render_patient(chunk.config, chunk.start + offset, patient_id, study_id, split)
@@ -190,26 +192,14 @@ def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
     """
     _prepare_out(config.out)
     chunks = _chunks(config)
-    results: list[tuple[list[dict], list[dict]]] = [([], [])] * len(chunks)
     with tqdm(total=config.patients, unit="patient", desc="phantom", disable=not progress) as bar:
+        def done(chunk: _Chunk) -> None:
+            bar.update(len(chunk.registry))
+
         if config.workers == 1:
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)  # one worker means one core, as in each process of the pool
-            try:
-                for i, chunk in enumerate(chunks):
-                    results[i] = _render_chunk(chunk)
-                    bar.update(len(chunk.registry))
-            finally:
-                cv2.setNumThreads(threads)
+            results = _render_inline(chunks, done)
         else:
-            # forkserver, not fork: a fork after OpenCV has started its thread pool can deadlock the child
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["phantom.generate"])
-            with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_init_worker) as pool:
-                futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update(len(chunks[futures[future]].registry))
+            results = _render_parallel(chunks, config.workers, done)
     manifest = pd.DataFrame([row for rows, _ in results for row in rows],
                             columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
     truth = pd.DataFrame([row for _, rows in results for row in rows])
@@ -217,3 +207,31 @@ def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
     manifest.to_csv(config.out / "manifest.csv", index=False, lineterminator="\n")
     truth.to_parquet(config.out / "truth.parquet", index=False)
     return manifest
+
+
+def _render_inline(chunks: list[_Chunk], done: Callable[[_Chunk], None]) -> list[_Rows]:
+    """All chunks in this process, with OpenCV held to one thread like each pool worker."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        results = []
+        for chunk in chunks:
+            results.append(_render_chunk(chunk))
+            done(chunk)
+        return results
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _render_parallel(chunks: list[_Chunk], workers: int, done: Callable[[_Chunk], None]) -> list[_Rows]:
+    """Chunks over a process pool; results come back in chunk order whatever order they finish in."""
+    # forkserver, not fork: a child forked after OpenCV started its thread pool deadlocks in cv2.setNumThreads
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["phantom.generate"])
+    results: list[_Rows] = [([], [])] * len(chunks)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            done(chunks[futures[future]])
+    return results

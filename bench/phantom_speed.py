@@ -1,0 +1,78 @@
+"""Phantom rendering speed: images/s with 1 and with 2 worker processes, against the bare cost of
+`cv2.imencode` of the same images (measured in the same run).
+
+    python bench/phantom_speed.py --patients 400 --size 512x400
+
+Prints a Markdown table for BENCHMARKS.md. Besides wall-clock rates it gives images per CPU-second of this
+process (1 worker, and the encode baseline): on a machine shared with other jobs the wall clock measures the
+neighbours, while CPU time still measures the renderer per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from phantom.generate import PhantomConfig, generate, parse_size
+from phantom.render import JPEG_QUALITY
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--size", default="512x400")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def time_generate(config: PhantomConfig) -> tuple[int, float, float]:
+    """(images written, wall seconds, CPU seconds of this process) for one full `generate` run, manifests
+    included. The CPU time misses pool workers, so it means something for 1 worker only."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    manifest = generate(config, progress=False)
+    return len(manifest), time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_encode(folder: Path) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds) to JPEG-encode the decoded images of a phantom folder again: the floor
+    of any JPEG writer."""
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((folder / "images").glob("*.jpg"))]
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as generate holds it for 1 worker
+    wall, cpu = time.perf_counter(), time.process_time()
+    for image in images:
+        cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    seconds = time.perf_counter() - wall, time.process_time() - cpu
+    cv2.setNumThreads(threads)
+    return len(images), *seconds
+
+
+def main(args: argparse.Namespace) -> None:
+    size = parse_size(args.size)
+    rows = {}  # name -> (images/s wall, images/s per CPU-second or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            config = PhantomConfig(out=Path(tmp) / f"w{workers}", patients=args.patients, seed=args.seed, size=size,
+                                   workers=workers)
+            images, wall, cpu = time_generate(config)
+            rows[f"hnp phantom, {workers} worker(s)"] = (images / wall, images / cpu if workers == 1 else None)
+        images, wall, cpu = time_encode(Path(tmp) / "w1")
+        rows["cv2.imencode alone (baseline)"] = (images / wall, images / cpu)
+    print(f"{images} images of {size[0]}x{size[1]}, {args.patients} patients, seed {args.seed}")
+    print("| measurement | images/s (wall) | images per CPU-second |")
+    print("|---|---:|---:|")
+    for name, (wall_rate, cpu_rate) in rows.items():
+        print(f"| {name} | {wall_rate:.0f} | {'' if cpu_rate is None else f'{cpu_rate:.0f}'} |")
+    one_wall, one_cpu = rows["hnp phantom, 1 worker(s)"]
+    two_wall = rows["hnp phantom, 2 worker(s)"][0]
+    encode_cpu = rows["cv2.imencode alone (baseline)"][1]
+    print(f"2 workers / 1 worker (wall): {two_wall / one_wall:.2f}x; "
+          f"full render + encode + write costs {encode_cpu / one_cpu:.1f}x a bare encode (CPU time)")
+
+
+if __name__ == "__main__":
+    main(parse_args())
