@@ -81,7 +81,7 @@ def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
     if cfg.resize == "stretch":
         images = fn.resize(images, size=[size, size])
     else:
-        images = fn.resize(images, mode="not_larger", size=[size, size])
+        images = fn.resize(images, mode="not_larger", size=[size, size], subpixel_scale=False)
         images = fn.crop(images, crop=[size, size], out_of_bounds_policy="pad", fill_values=0)
     if training and cfg.augment.enabled:
         images = jitter_graph(images, cfg)

@@ -108,9 +108,12 @@ class TorchLoader:
         self._batches = EpochBatches(len(samples), cfg, training=training, rank=rank, world_size=world_size,
                                      seed=seed)
         workers = cfg.num_threads
+        # Workers start from a clean forkserver, not a fork of this process: a fork taken while another library's
+        # threads hold locks (a DALI pipeline's, seen in tests) deadlocks the worker.
         self._loader = DataLoader(ShardSamples(samples, cfg, training, seed), batch_sampler=self._batches,
                                   num_workers=workers, pin_memory=self._device.type == "cuda",
-                                  persistent_workers=workers > 0, worker_init_fn=_one_cv2_thread)
+                                  persistent_workers=workers > 0, worker_init_fn=_one_cv2_thread,
+                                  multiprocessing_context="forkserver" if workers > 0 else None)
 
     def __len__(self) -> int:
         return len(self._batches)

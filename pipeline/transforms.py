@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from hnp.config import AugmentConfig, DataConfig
 from hnp.errors import HnpError
@@ -55,16 +56,14 @@ def apply_clahe(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
 
 
 def resize_square(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """Resize an (H, W) image to (S, S): stretched, or aspect kept with the longer side S and black padding.
-
-    INTER_AREA when shrinking matches DALI's antialiased linear resize to within about 2 gray levels.
-    """
+    """Resize an (H, W) image to (S, S): stretched, or aspect kept with the longer side S and black padding."""
     size = cfg.image_size
     if cfg.resize == "stretch":
         return _resize(gray, size, size)
     height, width = gray.shape
     scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    # half up, as DALI rounds the output size (Python's round() would take 92.5 to 92)
+    new_h, new_w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
     resized = _resize(gray, new_w, new_h)
     # DALI's centered crop-with-padding puts the odd pixel of padding on the top/left side.
     top, left = (size - new_h + 1) // 2, (size - new_w + 1) // 2
@@ -74,8 +73,10 @@ def resize_square(gray: np.ndarray, cfg: DataConfig) -> np.ndarray:
 
 
 def _resize(gray: np.ndarray, width: int, height: int) -> np.ndarray:
-    shrinking = width <= gray.shape[1] and height <= gray.shape[0]
-    return cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    # Pillow's bilinear filter widens with the shrink factor (antialiasing), as DALI's default linear resize does:
+    # within 6 gray levels of DALI at hard edges, 0.2 on average. cv2.INTER_AREA, a box filter, differed by up to
+    # 29 at edges (2.5 on average) for about 2/3 of the time.
+    return np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def channel_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -25,12 +25,15 @@ def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def build_shards(folder: Path, patients: int = 16, seed: int = 0) -> Path:
-    """Write a manifest with `patients` x 2 images under `folder`, shard it, return the shard folder."""
-    manifest = write_manifest(folder / "data", patients=patients, images_per_patient=2, test_fraction=0.25, seed=seed)
+def build_shards(folder: Path, patients: int = 16, images_per_patient: int = 2, sides: tuple[int, int] = (80, 260),
+                 seed: int = 0) -> Path:
+    """Write a manifest with `patients` x `images_per_patient` images under `folder`, shard it, return the shard
+    folder. Image height and width are drawn independently from `sides` (low, high)."""
+    manifest = write_manifest(folder / "data", patients=patients, images_per_patient=images_per_patient,
+                              test_fraction=0.25, seed=seed)
     rng = np.random.default_rng(seed)
     for path in pd.read_csv(manifest)["image_path"]:
-        height, width = int(rng.integers(96, 260)), int(rng.integers(80, 240))
+        height, width = (int(side) for side in rng.integers(*sides, size=2))
         ok, encoded = cv2.imencode(".jpg", smooth_image(rng, height, width), [cv2.IMWRITE_JPEG_QUALITY, 92])
         assert ok
         (manifest.parent / path).write_bytes(encoded.tobytes())

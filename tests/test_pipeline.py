@@ -33,7 +33,9 @@ def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_cfg(loader: str, **changes) -> DataConfig:
-    values = {"image_size": 48, "batch_size": 4, "num_threads": 1, "shuffle_buffer": 8, "loader": loader}
+    """A tiny config; the torch loader works in-process (0 workers) except where a test asks for workers."""
+    values = {"image_size": 48, "batch_size": 4, "num_threads": 1 if loader == "dali" else 0, "shuffle_buffer": 8,
+              "loader": loader}
     return DataConfig(**{**values, **changes})
 
 
@@ -173,6 +175,22 @@ def test_augmentation_jitters_in_training_only_and_never_flips(shards_dir: Path,
         assert mark_quadrant(plain[key]) == (0, 0)
         assert mark_quadrant(image) == (0, 0), "the top-left mark moved: a flip or a rotation?"
         assert mark_quadrant(image.flip(-1)) == (0, 1)  # the check would see a mirror
+
+
+def test_torch_loader_with_worker_processes(shards_dir: Path, tmp_path: Path) -> None:
+    """Two worker processes: the same batches as in-process loading, and a worker's error reaches the caller
+    as a clean HnpError naming shard and key."""
+    shards = split_shards(shards_dir, TRAIN)
+    in_process = list(build_loader(small_cfg("torch"), shards, training=False, rank=1, world_size=2))
+    with_workers = list(build_loader(small_cfg("torch", num_threads=2), shards, training=False, rank=1, world_size=2))
+    assert [b["key"] for b in with_workers] == [b["key"] for b in in_process]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(in_process, with_workers, strict=True))
+    _, damaged = damaged_copy(shards_dir, tmp_path)
+    victim = read_samples(damaged)[0]
+    overwrite_image(victim.shard, victim.key, b"\x00" * 64)
+    with pytest.raises(HnpError) as caught:
+        epoch_keys(build_loader(small_cfg("torch", num_threads=2), damaged, training=True))
+    assert str(caught.value).startswith(f"{victim.shard}: sample {victim.key}: undecodable image")
 
 
 def damaged_copy(source: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
