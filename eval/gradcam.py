@@ -111,13 +111,14 @@ def to_image_resolution(heat: np.ndarray, height: int, width: int, resize: str) 
         height: the radiograph's height in pixels.
         width: the radiograph's width in pixels.
         resize: the data config's resize mode: "stretch" (the input is the stretched image) or "pad" (the image
-            was scaled to fit, keeping its aspect, and centred on a square).
+            was scaled to fit, keeping its aspect, and centred on a square, as `pipeline.transforms.resize_square`).
     """
     if resize == "pad":
         size = heat.shape[0]
         scale = size / max(height, width)
-        inner_h, inner_w = round(height * scale), round(width * scale)
-        top, left = (size - inner_h) // 2, (size - inner_w) // 2
+        inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+        # as pipeline.transforms.resize_square pads: centred, the odd pixel of padding on the top/left side
+        top, left = (size - inner_h + 1) // 2, (size - inner_w + 1) // 2
         heat = heat[top : top + inner_h, left : left + inner_w]
     resized = cv2.resize(heat.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     return np.clip(resized, 0.0, 1.0).astype(np.float32)

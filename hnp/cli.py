@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("sharding.validate_cli", "check a manifest against the contract and summarise it"),
     "shard": ("sharding.shard_cli", "patient-grouped folds of WebDataset shards (+ DALI indexes) from a manifest"),
     "train": ("train.cli", "train the cross-validation folds with Ray (one TorchTrainer per fold, several at once)"),
+    "eval": ("eval.cli", "bagged per-patient test metrics, paper-layout tables, ROC plot and Grad-CAM of a run"),
+    "predict": ("eval.predict_cli", "per-level HNP probability and decision for one patient's radiographs"),
 }
 
 log = logging.getLogger("hnp")

@@ -1,0 +1,61 @@
+"""Evaluate a trained run on the test shards: fold bagging, per-patient metrics, tables, ROC and Grad-CAM.
+
+    hnp eval --run runs/tiny --shards shards --out reports/tiny
+    hnp eval --run runs/paper --shards /data/shards --gradcam-top 300 --threshold fixed:0.5
+    hnp eval --run runs/demo --shards demo/shards --truth demo/phantom/truth.parquet   # + pointing game
+
+Writes predictions_images.parquet, predictions_patients.parquet, metrics.json, metrics.csv, report.md, roc.png
+and gradcam/ (index.csv, overlays, heatmaps) into --out (default: reports/<run folder name>).
+
+Thresholds (--threshold): fold-mean = mean of the folds' Youden-J thresholds (default, as in the paper);
+fixed:X = X for every level; youden-oof = Youden's J on the pooled out-of-fold predictions per patient.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # dest: `args.run` is taken by hnp.cli (the subcommand function)
+    parser.add_argument("--run", dest="run_dir", type=Path, required=True,
+                        help="run folder written by `hnp train` (fold*/best.pt)")
+    parser.add_argument("--shards", type=Path, required=True, help="shard folder (dataset.json, test/*.tar)")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<run folder name>)")
+    parser.add_argument("--threshold", default="fold-mean", metavar="RULE",
+                        help="fold-mean, youden-oof or fixed:X (default: %(default)s)")
+    parser.add_argument("--gradcam-top", type=int, default=300, metavar="K",
+                        help="Grad-CAM of the K most confident test images per level; 0 = none (default: %(default)s)")
+    parser.add_argument("--gradcam-layer", metavar="NAME",
+                        help="module name of the Grad-CAM layer (default: the last convolution layer)")
+    parser.add_argument("--truth", type=Path, metavar="FILE",
+                        help="the phantom's truth.parquet: adds the Grad-CAM pointing game to the report")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="patient bootstrap resamples for the ROC AUC interval (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--loader", choices=("dali", "torch"), help="override the run's data loader")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="override the run's batch size")
+    parser.add_argument("--no-wandb", action="store_true", help="don't log the test metrics to W&B")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.run_eval import EvalOptions, run_eval
+    from hnp.errors import HnpError
+
+    if args.gradcam_top < 0 or args.bootstrap < 0 or (args.batch_size is not None and args.batch_size <= 0):
+        raise HnpError("--gradcam-top and --bootstrap must be 0 or more, --batch-size positive")
+    if args.truth is not None and not args.truth.is_file():
+        raise HnpError(f"--truth {args.truth}: no such file")
+    options = EvalOptions(
+        run=args.run_dir, shards=args.shards, out=args.out or Path("reports") / args.run_dir.resolve().name,
+        threshold=args.threshold, gradcam_top=args.gradcam_top, gradcam_layer=args.gradcam_layer, truth=args.truth,
+        bootstrap=args.bootstrap, seed=args.seed, device=args.device, loader=args.loader,
+        batch_size=args.batch_size, wandb=not args.no_wandb,
+    )
+    result = run_eval(options)
+    for name, row in result["metrics"].items():
+        print(f"{name:>6}  AUC {row['roc_auc']:.3f}  F1 {row['f1']:.3f}  threshold {row['threshold']:.3f}")
+    print(f"report: {options.out / 'report.md'}")
+    return 0

@@ -1,0 +1,128 @@
+"""One patient's radiographs -> per-level bagged HNP probability, threshold and decision.
+
+The same steps as `hnp eval`, for a patient outside the shards: each image is checked (`hnp.jpeg`), decoded
+to gray and given the training's evaluation transform (`pipeline.preprocess`); every fold model predicts every
+image; probabilities are bagged over folds, averaged over the images, and compared with the thresholds of
+`eval.bagging` (fold-mean by default).
+
+    result = predict_patient(Path("runs/tiny"), [Path("ap.jpg"), Path("lat.jpg")])
+    print(format_table(result))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from eval import bagging
+from eval.gradcam import GradCAM, export_gradcam
+from eval.run_eval import eval_data_config, gradcam_targets, load_folds, read_oof, resolve_device
+from hnp.errors import HnpError
+from hnp.jpeg import JpegError, inspect_jpeg_file
+from hnp.schema import AGE_RANGE
+from train.model import outputs_to_predictions
+
+
+def read_radiograph(path: Path) -> np.ndarray:
+    """Decode one JPEG to uint8 gray (H, W); a missing, non-JPEG or broken file is an error naming it."""
+    try:
+        inspect_jpeg_file(path)
+    except JpegError as err:
+        raise HnpError(f"{path}: {err}") from None
+    gray = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise HnpError(f"{path}: the JPEG does not decode")
+    return gray
+
+
+@torch.no_grad()
+def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = None, threshold: str = "fold-mean",
+                    device: str = "auto", gradcam_dir: Path | None = None,
+                    gradcam_layer: str | None = None) -> dict[str, Any]:
+    """Bagged per-patient prediction for one patient's images.
+
+    Args:
+        run: the run folder (fold*/best.pt).
+        paths: the patient's radiographs (JPEG).
+        age: the patient's age in years, recorded in the result (and beside the predicted age for levels_age).
+        threshold: `fold-mean` or `fixed:X` (`youden-oof` needs the training shards: use `hnp eval`).
+        device: auto, cpu or cuda.
+        gradcam_dir: where to write one Grad-CAM heatmap per image and level; None = no Grad-CAM.
+        gradcam_layer: Grad-CAM layer (default: the last convolution layer).
+
+    Returns:
+        a JSON-ready dict: task, n_images, age, predicted_age (levels_age), threshold_rule, and per target
+        (levels, then "any") its probability, threshold and decision.
+    """
+    if not paths:
+        raise HnpError("no images given")
+    if age is not None and not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise HnpError(f"--age {age:g}: expected {AGE_RANGE[0]}-{AGE_RANGE[1]} years")
+    rule = bagging.parse_threshold_rule(threshold)
+    if rule.kind == "youden-oof":
+        raise HnpError("--threshold youden-oof needs the training shards: use fold-mean or fixed:X here")
+    grays = [read_radiograph(Path(p)) for p in paths]  # check every file before loading any model
+    folds = load_folds(run)
+    task = folds[0].config.model.task
+    data = eval_data_config(folds, None, None)
+    from pipeline import preprocess
+
+    inputs = torch.from_numpy(np.stack([preprocess(gray, data) for gray in grays]))
+    torch_device = resolve_device(device)
+    images = pd.DataFrame({"key": [f"image{i + 1}" for i in range(len(grays))], "patient": "patient"})
+    ages = []
+    for fold in folds:
+        outputs = fold.model.to(torch_device)(inputs.to(torch_device))
+        probs, predicted_age = outputs_to_predictions(outputs, task)
+        for i, column in enumerate(bagging.output_columns(task)):
+            images[f"prob_fold{fold.fold}_{column}"] = probs[:, i].cpu().numpy()
+        if predicted_age is not None:
+            ages.append(predicted_age.cpu().numpy())
+    images = bagging.add_any(bagging.bag_folds(images, [f.fold for f in folds], bagging.output_columns(task)), task)
+    patient = bagging.add_any(bagging.patient_means(images, bagging.output_columns(task)), task).iloc[0]
+    oof = read_oof(run, folds) if rule.kind == "fold-mean" else None
+    per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
+    thresholds = bagging.resolve_thresholds(rule, per_fold, None, task)
+    if gradcam_dir is not None:
+        write_gradcam(folds, images, grays, inputs, gradcam_dir, data.resize, gradcam_layer)
+    return {
+        "task": task, "n_images": len(grays), "folds": [f.fold for f in folds], "threshold_rule": threshold,
+        "age": age, "predicted_age": float(np.mean(ages)) if ages else None,
+        "targets": {
+            name: {"probability": float(patient[f"prob_{column}"]), "threshold": float(thresholds[name]),
+                   "hnp": bool(patient[f"prob_{column}"] >= thresholds[name])}
+            for name, column in bagging.targets(task).items()
+        },
+    }
+
+
+def write_gradcam(folds: Sequence[Any], images: pd.DataFrame, grays: Sequence[np.ndarray], inputs: torch.Tensor,
+                  out_dir: Path, resize: str, layer: str | None) -> pd.DataFrame:
+    """One bagged Grad-CAM per image and level into `out_dir` (index.csv; label is -1: unknown)."""
+    rows = [
+        {"key": key, "patient": "", "level": name, "output": output, "rank": i + 1,
+         "probability": float(images.loc[i, f"prob_{column}"]), "label": -1}
+        for name, (column, output) in gradcam_targets(folds[0].config.model.task).items()
+        for i, key in enumerate(images["key"])
+    ]
+    by_key = {key: (gray, inputs[i].numpy()) for i, (key, gray) in enumerate(zip(images["key"], grays, strict=True))}
+    cams = [GradCAM(fold.model, layer) for fold in folds]
+    return export_gradcam(cams, pd.DataFrame(rows), by_key.__getitem__, out_dir, resize=resize)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a fixed-width table a person reads."""
+    lines = [f"{'level':<7} {'probability':>11} {'threshold':>9}  HNP"]
+    for name, row in result["targets"].items():
+        lines.append(f"{name:<7} {row['probability']:>11.3f} {row['threshold']:>9.3f}  {'yes' if row['hnp'] else 'no'}")
+    footer = f"{result['n_images']} image(s), {len(result['folds'])} fold model(s) bagged"
+    if result["predicted_age"] is not None:
+        footer += f"; predicted age {result['predicted_age']:.0f}"
+        footer += f" (given {result['age']:g})" if result["age"] is not None else ""
+    return "\n".join([*lines, footer])

@@ -1,0 +1,325 @@
+"""`hnp eval`: the fold models of a run predict the test split, bagged per patient, scored and reported.
+
+    hnp eval --run runs/tiny --shards shards --out reports/tiny [--threshold fold-mean] [--gradcam-top 300]
+             [--truth data/phantom/truth.parquet]
+
+Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each
+batch, no augmentation). Bagging, per-patient means and thresholds follow `eval.bagging`; the files are those of
+the report contract (DESIGN.md): predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv,
+report.md, roc.png and gradcam/.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from eval import bagging, report
+from eval.gradcam import GradCAM, export_gradcam, select_top
+from eval.metrics import metrics_table
+from eval.samples import read_gray_images, read_sample_meta
+from hnp.config import DataConfig
+from hnp.errors import HnpError
+from train.model import FoldCheckpoint, load_checkpoint, outputs_to_predictions
+
+log = logging.getLogger("hnp.eval")
+_FOLD_DIR = re.compile(r"^fold(\d+)$")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `hnp eval` was asked to do; see `eval.cli` for each option's meaning."""
+
+    run: Path
+    shards: Path
+    out: Path
+    threshold: str = "fold-mean"
+    gradcam_top: int = 300
+    gradcam_layer: str | None = None
+    truth: Path | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    loader: str | None = None
+    batch_size: int | None = None
+    wandb: bool = True
+
+
+def load_folds(run_dir: Path) -> list[FoldCheckpoint]:
+    """Every `fold{k}/best.pt` of a run, by fold number; they must agree on the task and the data transform."""
+    fold_dirs = sorted((p for p in run_dir.glob("fold*") if _FOLD_DIR.match(p.name)),
+                       key=lambda p: int(_FOLD_DIR.match(p.name).group(1)))
+    if not fold_dirs:
+        raise HnpError(f"{run_dir}: no fold*/ folders; is this a run folder written by `hnp train`?")
+    missing = [str(p / "best.pt") for p in fold_dirs if not (p / "best.pt").is_file()]
+    if missing:
+        raise HnpError(f"{missing[0]}: missing; evaluate after every fold has finished (or remove the folder)")
+    folds = [load_checkpoint(p / "best.pt") for p in fold_dirs]
+    first = folds[0]
+    for fold in folds[1:]:
+        if fold.config.model.task != first.config.model.task:
+            raise HnpError(f"{run_dir}: fold {fold.fold} has task {fold.config.model.task}, "
+                           f"fold {first.fold} has {first.config.model.task}")
+        if replace(fold.config.data, augment=first.config.data.augment) != first.config.data:
+            raise HnpError(f"{run_dir}: fold {fold.fold} was trained with other data settings than fold {first.fold}")
+    return folds
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HnpError(f"--device {name}: no CUDA device is available here")
+    return torch.device(name)
+
+
+def eval_data_config(folds: Sequence[FoldCheckpoint], loader: str | None, batch_size: int | None) -> DataConfig:
+    """The folds' data config with augmentation off, optionally another loader or batch size."""
+    data = folds[0].config.data
+    data = replace(data, augment=replace(data.augment, enabled=False))
+    return replace(data, loader=loader or data.loader, batch_size=batch_size or data.batch_size)
+
+
+@torch.no_grad()
+def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, Any]], device: torch.device,
+                  amp: str = "off", total: int | None = None) -> pd.DataFrame:
+    """Each fold model's probability for each image: one row per key, `prob_fold{k}_<c>` columns.
+
+    Every batch goes through every fold model, so each model sees each image exactly once.
+
+    Args:
+        folds: the fold checkpoints (models on `device` already).
+        batches: evaluation batches (`image`, `key`).
+        device: where the models are.
+        amp: autocast mode for the forward passes ("bf16", "fp16" or "off").
+        total: the number of batches, for the progress bar.
+    """
+    from train.loop import autocast
+
+    columns = bagging.output_columns(folds[0].config.model.task)
+    keys: list[str] = []
+    probs: dict[int, list[torch.Tensor]] = {fold.fold: [] for fold in folds}
+    for batch in tqdm(batches, desc="predict test", unit="batch", total=total):
+        images = batch["image"].to(device, non_blocking=True)
+        keys.extend(batch["key"])
+        for fold in folds:
+            with autocast(amp, device):
+                outputs = fold.model(images)
+            probs[fold.fold].append(outputs_to_predictions(outputs, fold.config.model.task)[0].cpu())
+    frame = {"key": keys}
+    for fold_number, parts in probs.items():
+        stacked = torch.cat(parts).numpy() if parts else np.zeros((0, len(columns)), np.float32)
+        frame.update({f"prob_fold{fold_number}_{c}": stacked[:, i] for i, c in enumerate(columns)})
+    return pd.DataFrame(frame)
+
+
+def check_each_once(predicted: pd.DataFrame, meta: pd.DataFrame) -> None:
+    """The loader must have delivered every test sample exactly once."""
+    duplicated = predicted["key"][predicted["key"].duplicated()]
+    if not duplicated.empty:
+        raise HnpError(f"the evaluation loader delivered sample {duplicated.iloc[0]} more than once")
+    missing = sorted(set(meta["key"]) - set(predicted["key"]))
+    extra = sorted(set(predicted["key"]) - set(meta["key"]))
+    if missing or extra:
+        raise HnpError(f"the evaluation loader delivered {len(predicted)} samples for {len(meta)} in the test shards "
+                       f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unknown, e.g. {extra[:1]})")
+
+
+def image_frame(meta: pd.DataFrame, predicted: pd.DataFrame, folds: Sequence[int], task: str) -> pd.DataFrame:
+    """predictions_images: key, patient, view, labels, per-fold and bagged probabilities (+ derived any)."""
+    images = meta.merge(predicted, on="key", how="inner", validate="one_to_one").sort_values("key", kind="stable")
+    images = bagging.bag_folds(images, folds, bagging.output_columns(task))
+    return bagging.add_any(images, task).reset_index(drop=True)
+
+
+def read_oof(run_dir: Path, folds: Sequence[FoldCheckpoint]) -> dict[int, pd.DataFrame] | None:
+    """Each fold's `val_predictions.parquet` (out-of-fold predictions, with "any" added), or None if one lacks it."""
+    frames = {}
+    for fold in folds:
+        path = run_dir / f"fold{fold.fold}" / "val_predictions.parquet"
+        if not path.is_file():
+            log.warning("%s: missing; no cross-validation tables", path)
+            return None
+        frames[fold.fold] = bagging.add_any(pd.read_parquet(path), fold.config.model.task)
+    return frames
+
+
+def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str) -> pd.DataFrame:
+    """Pooled out-of-fold predictions of all folds, aggregated per patient like the test set (for youden-oof)."""
+    from pipeline import split_shards
+
+    tars = split_shards(shards, [f"fold{k}" for k in sorted(oof)])
+    patients = read_sample_meta(tars)[["key", "patient"]]
+    pooled = pd.concat(oof.values(), ignore_index=True).merge(patients, on="key", how="left")
+    if pooled["patient"].isna().any():
+        raise HnpError(f"val_predictions hold keys not in the fold shards of {shards}, e.g. "
+                       f"{pooled.loc[pooled['patient'].isna(), 'key'].iloc[0]}: were these shards used to train?")
+    columns = bagging.output_columns(task)
+    return bagging.add_any(bagging.patient_means(pooled, columns), task)
+
+
+def gradcam_targets(task: str) -> dict[str, tuple[str, int]]:
+    """Targets that get Grad-CAM lists: display name -> (frame column, model output index)."""
+    names = {column: name for name, column in bagging.targets(task).items()}
+    return {names[column]: (column, i) for i, column in enumerate(bagging.output_columns(task))}
+
+
+def run_gradcam(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars: Sequence[Path], data: DataConfig,
+                options: EvalOptions, device: torch.device) -> pd.DataFrame:
+    """Grad-CAM of the top-K test images per level into `<out>/gradcam/`; returns its index (+ the layer name)."""
+    from pipeline import preprocess
+
+    selection = select_top(images, gradcam_targets(folds[0].config.model.task), options.gradcam_top)
+    grays = read_gray_images(tars, selection["key"].unique())
+
+    def load(key: str) -> tuple[np.ndarray, np.ndarray]:
+        return grays[key], preprocess(grays[key], data)
+
+    cams = [GradCAM(fold.model, options.gradcam_layer) for fold in folds]
+    log.info("Grad-CAM at layer %s of %d fold model(s), %d heatmaps", cams[0].layer_name, len(cams), len(selection))
+    index = export_gradcam(cams, selection, load, options.out / "gradcam", resize=data.resize,
+                           batch_size=data.batch_size)
+    return index.assign(layer=cams[0].layer_name)
+
+
+def run_eval(options: EvalOptions) -> dict[str, Any]:
+    """Evaluate a run on the test shards and write the report folder; returns the metrics.json contents.
+
+    Args:
+        options: the run, shards and output folders and the evaluation choices.
+    """
+    from pipeline import build_loader, split_shards
+
+    rule = bagging.parse_threshold_rule(options.threshold)
+    folds = load_folds(options.run)
+    task = folds[0].config.model.task
+    device = resolve_device(options.device)
+    data = eval_data_config(folds, options.loader, options.batch_size)
+    options.out.mkdir(parents=True, exist_ok=True)
+
+    tars = split_shards(options.shards, ["test"])
+    meta = read_sample_meta(tars)
+    if meta.empty:
+        raise HnpError(f"{options.shards}: the test split holds no samples")
+    for fold in folds:
+        fold.model.to(device)
+    loader = build_loader(data, tars, training=False, device=str(device))
+    amp = folds[0].config.train.amp if device.type == "cuda" else "off"
+    predicted = predict_folds(folds, loader, device, amp, total=len(loader))
+    check_each_once(predicted, meta)
+    images = image_frame(meta, predicted, [f.fold for f in folds], task)
+
+    oof = read_oof(options.run, folds)
+    per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
+    oof_by_patient = oof_patients(oof, options.shards, task) if rule.kind == "youden-oof" and oof else None
+    thresholds = bagging.resolve_thresholds(rule, per_fold, oof_by_patient, task)
+    columns = [*bagging.output_columns(task)]
+    patients = bagging.add_decisions(bagging.add_any(bagging.patient_means(images, columns), task), thresholds, task)
+    table = metrics_table(patients, bagging.targets(task), thresholds, n_boot=options.bootstrap, seed=options.seed)
+
+    images.to_parquet(options.out / "predictions_images.parquet", index=False)
+    patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
+    meta_json = {
+        "run": options.run.name, "task": task, "folds": [f.fold for f in folds], "threshold_rule": options.threshold,
+        "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
+        "unit": "patient", "n_images": len(images), "n_patients": len(patients),
+        "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
+    }
+    report.write_metrics(table, options.out, meta_json)
+    report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
+
+    gradcam_index = None
+    if options.gradcam_top > 0:
+        gradcam_index = run_gradcam(folds, images, tars, data, options, device)
+    pointing = None
+    if options.truth is not None and gradcam_index is not None:
+        from eval.pointing import pointing_game
+
+        pointing = pointing_game(gradcam_index, images, thresholds, options.truth, options.out / "gradcam")
+    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images))
+    report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
+    if options.wandb:
+        log_metrics_to_wandb(folds[0].config, table, options.out)
+    log.info("wrote %s", options.out)
+    return {**meta_json, "metrics": table.to_dict(orient="index"), "pointing_game": pointing}
+
+
+def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
+                    folds: Sequence[FoldCheckpoint], options: EvalOptions, pointing: dict[str, Any] | None,
+                    gradcam_index: pd.DataFrame | None, n_images: int) -> dict[str, str]:
+    """The report.md sections, in order."""
+    task = folds[0].config.model.task
+    n_patients = int(table["n"].iloc[0])
+    sections = {
+        "Test set (paper Table 5 layout)": (
+            f"{n_images} test images of {n_patients} patients, {len(folds)} fold models bagged (mean probability), "
+            f"then averaged per patient. Threshold rule: `{options.threshold}` (see `eval/bagging.py`). ROC AUC "
+            f"with a {options.bootstrap}-resample patient bootstrap 95% interval (seed {options.seed}). Our values "
+            "on the left, the paper's Table 5 on the right (paper accuracy: "
+            f"{report.PAPER_TABLE5_ACCURACY:.1%}, pooled over levels).\n\n" + report.table5_markdown(table)
+            + "\n\n![ROC curves](roc.png)"
+        ),
+    }
+    if oof is not None:
+        thresholds = {f.fold: t for f, t in zip(folds, per_fold, strict=True)}
+        sections[report.cv_heading(task)] = (
+            "Each fold's out-of-fold validation predictions at that fold's own Youden-J thresholds.\n\n"
+            + report.cv_table_markdown(oof, thresholds, task)
+        )
+    if gradcam_index is not None:
+        sections["Grad-CAM"] = gradcam_summary(gradcam_index, options.gradcam_top)
+    if pointing is not None:
+        from eval.pointing import pointing_markdown
+
+        sections["Pointing game (phantom ground truth)"] = pointing_markdown(pointing)
+    return sections
+
+
+def gradcam_summary(index: pd.DataFrame, top: int) -> str:
+    """A paragraph on what gradcam/ holds."""
+    counts = index.groupby("level", sort=False).agg(images=("key", "size"), positives=("label", "sum"))
+    lines = ["| Level | Heatmaps | Of which HNP |", "|---|---|---|"]
+    lines += [f"| {level} | {row.images} | {row.positives} |" for level, row in counts.iterrows()]
+    return (
+        f"Top {top} test images per level by bagged probability (ties by key), heatmap = mean of the fold "
+        f"models' Grad-CAM at layer `{index['layer'].iloc[0] if len(index) else '-'}`, in `gradcam/` "
+        "(overlays .png, float32 heatmaps .npy at image resolution, index.csv).\n\n" + "\n".join(lines)
+    )
+
+
+def log_metrics_to_wandb(cfg: Any, table: pd.DataFrame, out: Path) -> None:
+    """The test metrics as the summary of an `eval` run in the experiment's W&B group (offline by default).
+
+    Scalars only, with the training runs' privacy settings: no images, keys, patient pseudonyms or code.
+    """
+    if cfg.wandb.mode == "off":
+        return
+    import os
+
+    import wandb
+
+    from train.wandb_log import PRIVACY_ENV
+
+    for key, value in PRIVACY_ENV.items():
+        os.environ.setdefault(key, value)
+    summary = {f"test/{metric}/{name}": float(value) for name, row in table.iterrows()
+               for metric, value in row.items() if not pd.isna(value)}
+    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.name,
+                     name=f"{cfg.name}-eval", job_type="eval", mode=cfg.wandb.mode, dir=str(out),
+                     settings=wandb.Settings(save_code=False, disable_code=True, disable_git=True, console="off",
+                                             x_save_requirements=False))
+    try:
+        run.log(summary)
+        run.summary.update(summary)
+    finally:
+        run.finish()

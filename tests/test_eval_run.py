@@ -1,0 +1,181 @@
+"""`hnp eval` and `hnp predict` over a tiny run on phantom shards: every contract file, each image once, bagging
+that matches the per-fold columns, predict that agrees with eval, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+
+from eval.pointing import inside, level_boxes, read_truth
+from hnp.cli import main
+from hnp.levels import LEVEL_COLUMNS, LEVELS
+
+CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
+                  "report.md", "roc.png", "gradcam/index.csv")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("evalrun")
+    shards, truth = build_phantom_shards(folder)
+    run = build_run(folder, shards, tiny_config())
+    return {"folder": folder, "shards": shards, "truth": truth, "run": run, "phantom": truth.parent}
+
+
+@pytest.fixture(scope="module")
+def report(world: dict[str, Path]) -> Path:
+    out = world["folder"] / "report"
+    code = main(["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
+                 "--gradcam-top", "3", "--bootstrap", "50", "--truth", str(world["truth"]), "--no-wandb"])
+    assert code == 0
+    return out
+
+
+def test_eval_writes_every_contract_file(report: Path) -> None:
+    for name in CONTRACT_FILES:
+        assert (report / name).is_file(), name
+    assert (report / "roc.png").read_bytes().startswith(b"\x89PNG")
+    text = (report / "report.md").read_text()
+    for heading in ("paper Table 5 layout", "paper Table 3 layout", "Grad-CAM", "Pointing game"):
+        assert heading in text
+    assert "| L4-5 |" in text and "0.41 | 0.47 | 0.43 | 0.67 |" in text
+
+
+def test_every_test_image_is_predicted_once_by_every_fold(report: Path, world: dict[str, Path]) -> None:
+    images = pd.read_parquet(report / "predictions_images.parquet")
+    record = json.loads((world["shards"] / "dataset.json").read_text())["splits"]["test"]
+    assert len(images) == record["samples"] and images["key"].is_unique
+    assert images["patient"].nunique() == record["patients"]
+    for c in LEVEL_COLUMNS:
+        folds = images[[f"prob_fold{k}_{c}" for k in range(4)]]
+        assert np.allclose(images[f"prob_{c}"], folds.mean(axis=1))
+        assert folds.nunique(axis=1).gt(1).all()  # four different models, four different answers
+
+
+def test_patients_are_image_means_and_decisions_follow_thresholds(report: Path) -> None:
+    images = pd.read_parquet(report / "predictions_images.parquet")
+    patients = pd.read_parquet(report / "predictions_patients.parquet").set_index("patient")
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert list(metrics["metrics"]) == [*LEVELS, "any"] and metrics["n_patients"] == len(patients)
+    means = images.groupby("patient")[[f"prob_{c}" for c in LEVEL_COLUMNS]].mean()
+    assert np.allclose(patients.loc[means.index, means.columns], means)
+    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+        threshold = metrics["metrics"][name]["threshold"]
+        fold_mean = np.nanmean([metrics["thresholds_per_fold"][k][name] for k in metrics["thresholds_per_fold"]])
+        assert threshold == pytest.approx(fold_mean)
+        assert (patients[f"pred_{c}"] == (patients[f"prob_{c}"] >= threshold)).all()
+        assert metrics["metrics"][name]["n_pos"] == patients[f"label_{c}"].sum()
+    csv = pd.read_csv(report / "metrics.csv", index_col="target")
+    assert csv.loc["L5-S1", "roc_auc"] == pytest.approx(metrics["metrics"]["L5-S1"]["roc_auc"], rel=1e-5)
+
+
+def test_gradcam_index_and_heatmaps(report: Path) -> None:
+    index = pd.read_csv(report / "gradcam" / "index.csv")
+    assert index.columns.tolist() == ["key", "patient", "level", "rank", "probability", "label", "file", "heatmap"]
+    assert index.groupby("level").size().to_dict() == dict.fromkeys(LEVELS, 3)
+    images = pd.read_parquet(report / "predictions_images.parquet").set_index("key")
+    for row in index.itertuples():
+        heat = np.load(report / "gradcam" / row.heatmap)
+        assert heat.dtype == np.float32 and heat.shape == (128, 100)  # the phantom's image size
+        assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+        assert cv2.imread(str(report / "gradcam" / row.file)).shape == (128, 100, 3)
+        column = LEVEL_COLUMNS[LEVELS.index(row.level)]
+        assert row.probability == pytest.approx(images.loc[row.key, f"prob_{column}"])
+        assert row.patient == images.loc[row.key, "patient"]
+    top = index[index.level == "L4-5"]["probability"]
+    assert top.is_monotonic_decreasing
+    assert top.iloc[-1] >= images["prob_L4_5"].drop(index[index.level == "L4-5"]["key"]).max()
+
+
+def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -> None:
+    raw_ids = pd.read_parquet(world["phantom"] / "manifest.parquet")["patient_id"].unique()
+    blob = b"".join(path.read_bytes() for path in report.rglob("*") if path.is_file() and path.suffix != ".npy")
+    assert not [pid for pid in raw_ids if pid.encode() in blob]
+
+
+def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
+    truth = read_truth(world["truth"]).iloc[0]
+    for c in LEVEL_COLUMNS:
+        box = level_boxes(truth, c, 1.0)
+        assert inside(box["centre"], box, "disc_half_height")
+        others = [level_boxes(truth, o, 1.0) for o in LEVEL_COLUMNS if o != c]
+        assert not any(inside(box["centre"], other, "level_half_height") for other in others)
+
+
+def test_predict_agrees_with_eval_for_a_test_patient(report: Path, world: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    images = pd.read_parquet(report / "predictions_images.parquet")
+    patients = pd.read_parquet(report / "predictions_patients.parquet").set_index("patient")
+    patient = images["patient"].iloc[0]
+    manifest = pd.read_parquet(world["phantom"] / "manifest.parquet")
+    rows = [int(key[1:]) for key in images.loc[images.patient == patient, "key"]]
+    paths = [str(world["phantom"] / manifest.loc[row, "image_path"]) for row in rows]
+    capsys.readouterr()
+    assert main(["predict", "--run", str(world["run"]), *paths, "--age", "50"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert "L4-5" in out.err and "probability" in out.err
+    assert result["n_images"] == len(paths) and result["age"] == 50
+    metrics = json.loads((report / "metrics.json").read_text())["metrics"]
+    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+        assert result["targets"][name]["probability"] == pytest.approx(patients.loc[patient, f"prob_{c}"], abs=1e-5)
+        assert result["targets"][name]["threshold"] == pytest.approx(metrics[name]["threshold"])
+        assert result["targets"][name]["hnp"] == bool(patients.loc[patient, f"pred_{c}"])
+
+
+def test_predict_writes_gradcam(world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = next((world["phantom"] / "images").glob("*.jpg"))
+    assert main(["predict", "--run", str(world["run"]), str(image), "--gradcam", str(tmp_path / "cam")]) == 0
+    index = pd.read_csv(tmp_path / "cam" / "index.csv")
+    assert sorted(index["level"]) == sorted(LEVELS)
+    assert np.load(tmp_path / "cam" / index["heatmap"].iloc[0]).shape == cv2.imread(str(image), 0).shape
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not a JPEG: a PNG file"), (b"", "empty file"), (None, "file not found")],
+)
+def test_predict_names_a_bad_file(world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+                                  content: bytes | None, reason: str) -> None:
+    bad = tmp_path / "scan.jpg"
+    if content is not None:
+        bad.write_bytes(content)
+    good = next((world["phantom"] / "images").glob("*.jpg"))
+    assert main(["predict", "--run", str(world["run"]), str(good), str(bad)]) == 2
+    assert f"{bad}: {reason}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threshold", "median"], "--threshold 'median'"),
+        (["--run", "{folder}"], "no fold*/ folders"),
+        (["--shards", "{folder}"], "dataset.json: not found"),
+    ],
+)
+def test_eval_errors_are_clear(world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+                               args: list[str], message: str) -> None:
+    base = {"--run": str(world["run"]), "--shards": str(world["shards"]), "--out": str(tmp_path / "r")}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value.format(folder=tmp_path)
+    argv = ["eval", *[item for pair in base.items() for item in pair], "--gradcam-top", "0", "--no-wandb"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_threshold_rules_change_only_the_decisions(world: dict[str, Path], report: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fixed"
+    argv = ["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
+            "--threshold", "fixed:0.5", "--gradcam-top", "0", "--bootstrap", "0", "--no-wandb"]
+    assert main(argv) == 0
+    fixed = json.loads((out / "metrics.json").read_text())["metrics"]
+    default = json.loads((report / "metrics.json").read_text())["metrics"]
+    assert {row["threshold"] for row in fixed.values()} == {0.5}
+    assert all(fixed[n]["roc_auc"] == pytest.approx(default[n]["roc_auc"], nan_ok=True) for n in LEVELS)
+    assert not (out / "gradcam").exists()
