@@ -116,8 +116,9 @@ def to_image_resolution(heat: np.ndarray, height: int, width: int, resize: str) 
     if resize == "pad":
         size = heat.shape[0]
         scale = size / max(height, width)
-        inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-        # as pipeline.transforms.resize_square pads: centred, the odd pixel of padding on the top/left side
+        inner_h, inner_w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+        # the inverse of pipeline.transforms.resize_square: sizes rounded half up, centred, the odd pixel of
+        # padding on the top/left side (tests/test_eval_gradcam.py checks the round trip)
         top, left = (size - inner_h + 1) // 2, (size - inner_w + 1) // 2
         heat = heat[top : top + inner_h, left : left + inner_w]
     resized = cv2.resize(heat.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
