@@ -101,14 +101,14 @@ def shard_manifest(options: ShardOptions) -> ShardSummary:
     """
     from sharding.manifest import validate_manifest
 
-    out = options.out
-    out.mkdir(parents=True, exist_ok=True)
-    # dataset.json marks a complete dataset: remove the old one before anything can change under it.
-    (out / "dataset.json").unlink(missing_ok=True)
     check = validate_manifest(options.manifest, check_images=True, workers=max(1, options.workers))
     _refuse(check.errors, "the manifest has errors; fix them and run again (`hnp validate` lists them all)")
     if options.strict and check.exclusions:
         _refuse([p for p in check.problems if p.excludable], "--strict: rows would be excluded")
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    # dataset.json marks a complete dataset: remove the old one before anything can change under it.
+    (out / "dataset.json").unlink(missing_ok=True)
     table = check.table
     key = load_or_create_key(options.id_key, out)
     patient_ids = table["patient_id"].astype(str)
