@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ class DataConfig:
         _check_positive("data.image_size", self.image_size)
         _check_positive("data.batch_size", self.batch_size)
         if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean) or min(self.std) <= 0:
-            raise HnpError(f"data.mean/data.std: expected 1 or 3 values each, std positive; got {self.mean}, {self.std}")
+            raise HnpError(
+                f"data.mean/data.std: expected 1 or 3 values each, std positive; got {self.mean}, {self.std}"
+            )
 
 
 @dataclass(frozen=True)
@@ -172,11 +175,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which would turn
+    `wandb.mode: off` into False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HnpError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as err:
         raise HnpError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -194,7 +211,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise HnpError(f"--set {item!r}: {part} is a value, not a section")
-    node[leaf] = yaml.safe_load(text)
+    node[leaf] = yaml.load(text, Loader=_Yaml12Loader)
 
 
 def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:

@@ -22,7 +22,8 @@ def test_paper_config_holds_the_papers_settings() -> None:
 
 
 def test_overrides_parse_yaml_values_and_nest() -> None:
-    cfg = load_config(CONFIGS / "tiny.yaml", ["optim.lr=1e-4", "data.augment.enabled=true", "model.pos_weight=[1,2,3,4,5]"])
+    overrides = ["optim.lr=1e-4", "data.augment.enabled=true", "model.pos_weight=[1,2,3,4,5]"]
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides)
     assert cfg.optim.lr == 1e-4
     assert cfg.data.augment.enabled is True
     assert cfg.model.pos_weight == (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -46,6 +47,16 @@ def test_overrides_parse_yaml_values_and_nest() -> None:
 def test_bad_config_is_an_error_naming_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(HnpError, match=message.replace("[", r"\[").replace("?", r"\?")):
         load_config(CONFIGS / "tiny.yaml", overrides)
+
+
+def test_off_on_yes_no_stay_strings_and_only_true_false_are_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "modes.yaml"
+    path.write_text("wandb:\n  mode: off\ndata:\n  clahe: false\n")
+    cfg = load_config(path, ["train.compile=true"])
+    assert (cfg.wandb.mode, cfg.data.clahe, cfg.train.compile) == ("off", False, True)
+    assert load_config(None, ["wandb.mode=off"]).wandb.mode == "off"
+    with pytest.raises(HnpError, match="data.clahe: expected true or false, got 'yes'"):
+        load_config(None, ["data.clahe=yes"])
 
 
 def test_unknown_key_in_a_file_names_it(tmp_path: Path) -> None:
