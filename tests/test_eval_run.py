@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+from eval_run_fixture import CONFIGS, build_phantom_shards, build_run, tiny_config
 
 from eval.pointing import inside, level_boxes, read_truth
 from hnp.cli import main
+from hnp.config import load_config
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 
 CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
@@ -179,3 +180,64 @@ def test_threshold_rules_change_only_the_decisions(world: dict[str, Path], repor
     assert {row["threshold"] for row in fixed.values()} == {0.5}
     assert all(fixed[n]["roc_auc"] == pytest.approx(default[n]["roc_auc"], nan_ok=True) for n in LEVELS)
     assert not (out / "gradcam").exists()
+
+
+def test_dali_loader_predicts_every_image_once_like_the_torch_loader(world: dict[str, Path], report: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "dali"
+    argv = ["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
+            "--loader", "dali", "--gradcam-top", "0", "--bootstrap", "0", "--no-wandb"]
+    assert main(argv) == 0
+    dali = pd.read_parquet(out / "predictions_images.parquet").set_index("key")
+    torch_loader = pd.read_parquet(report / "predictions_images.parquet").set_index("key")
+    assert dali.index.is_unique and sorted(dali.index) == sorted(torch_loader.index)
+    columns = [f"prob_fold{k}_{c}" for k in range(4) for c in LEVEL_COLUMNS]
+    # the two loaders' resizes agree within a few gray levels, so the predictions nearly agree
+    assert np.abs(dali.loc[torch_loader.index, columns] - torch_loader[columns]).to_numpy().max() < 0.02
+
+
+def test_test_metrics_go_to_the_experiment_wandb_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    from test_train_wandb import read_wandb_records
+
+    from eval.run_eval import log_metrics_to_wandb
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config(CONFIGS / "tiny.yaml", ["name=wbeval"])
+    table = pd.DataFrame({"roc_auc": [0.7, 0.8], "f1": [0.4, float("nan")]}, index=pd.Index(["L4-5", "any"]))
+    log_metrics_to_wandb(cfg, table, tmp_path)
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = read_wandb_records(files[0])
+    run = next(record.run for record in records if record.HasField("run"))
+    assert (run.run_group, run.display_name) == ("wbeval", "wbeval-eval")
+    keys = {item.key or "/".join(item.nested_key) for record in records if record.HasField("history")
+            for item in record.history.item}
+    assert {"test/roc_auc/L4-5", "test/roc_auc/any", "test/f1/L4-5"} <= keys
+    assert "test/f1/any" not in keys  # NaN metrics are left out
+    log_metrics_to_wandb(load_config(CONFIGS / "tiny.yaml", ["wandb.mode='off'"]), table, tmp_path / "off")
+    assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["any", "levels_age"])
+def test_eval_and_predict_for_the_other_tasks(world: dict[str, Path], tmp_path: Path, task: str,
+                                              capsys: pytest.CaptureFixture) -> None:
+    run = build_run(tmp_path, world["shards"], tiny_config(task=task))
+    out = tmp_path / "report"
+    argv = ["eval", "--run", str(run), "--shards", str(world["shards"]), "--out", str(out), "--gradcam-top", "2",
+            "--bootstrap", "20", "--no-wandb"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = ["any"] if task == "any" else [*LEVELS, "any"]
+    assert metrics["task"] == task and list(metrics["metrics"]) == expected
+    assert ("paper Table 2 layout" if task == "any" else "paper Table 4 layout") in (out / "report.md").read_text()
+    index = pd.read_csv(out / "gradcam" / "index.csv")
+    assert sorted(index["level"].unique()) == sorted(expected if task == "any" else LEVELS)
+    image = next((world["phantom"] / "images").glob("*.jpg"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), str(image), "--age", "40"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["targets"]) == expected
+    assert (result["predicted_age"] is None) == (task == "any")
