@@ -19,7 +19,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest: `args.run` is taken by hnp.cli (the subcommand function)
-    parser.add_argument("--run", dest="run_dir", type=Path, required=True,
+    parser.add_argument("--run", dest="run_dir", metavar="RUN", type=Path, required=True,
                         help="run folder written by `hnp train` (fold*/best.pt)")
     parser.add_argument("--shards", type=Path, required=True, help="shard folder (dataset.json, test/*.tar)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<run folder name>)")

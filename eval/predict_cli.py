@@ -19,7 +19,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="the patient's radiographs (JPEG)")
     # dest: `args.run` is taken by hnp.cli (the subcommand function)
-    parser.add_argument("--run", dest="run_dir", type=Path, required=True,
+    parser.add_argument("--run", dest="run_dir", metavar="RUN", type=Path, required=True,
                         help="run folder written by `hnp train` (fold*/best.pt)")
     parser.add_argument("--age", type=float, help="the patient's age in years (recorded; compared for levels_age)")
     parser.add_argument("--threshold", default="fold-mean", metavar="RULE",
