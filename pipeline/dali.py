@@ -30,7 +30,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from hnp.config import DataConfig
 from pipeline.checks import explain_failure
 from pipeline.dataset import IMAGE_EXT, LABEL_EXT, batch_sizes, index_path, rank_range, read_samples
-from pipeline.transforms import CONTRAST_CENTER, channel_stats
+from pipeline.transforms import CONTRAST_CENTER, normalize_batch
 
 log = logging.getLogger("hnp.pipeline")
 
@@ -39,7 +39,7 @@ READER_NAME = "reader"
 
 def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int, world_size: int,
                         seed: int, device_id: int | None) -> Pipeline:
-    """An unbuilt DALI pipeline whose outputs are (images float32 (N, C, S, S), labels float32 (N, 7)).
+    """An unbuilt DALI pipeline whose outputs are (images uint8 (N, S, S, 1), labels float32 (N, 7)).
 
     Args:
         cfg: the data section of the config.
@@ -68,7 +68,8 @@ def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bo
 
 
 def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
-    """DALI operators for `pipeline.transforms.preprocess` / `preprocess_train`: uint8 (H, W, 1) -> float32 (C, S, S).
+    """DALI operators for `pipeline.transforms.model_image`: uint8 (H, W, 1) -> uint8 (S, S, 1); normalization
+    happens in torch on the training device (`pipeline.transforms.normalize_batch`).
 
     Args:
         images: decoded grayscale images, HWC, on the CPU or the GPU.
@@ -85,11 +86,7 @@ def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
         images = fn.crop(images, crop=[size, size], out_of_bounds_policy="pad", fill_values=0)
     if training and cfg.augment.enabled:
         images = jitter_graph(images, cfg)
-    if cfg.channels == 3:
-        images = fn.cat(images, images, images, axis=2)
-    mean, std = channel_stats(cfg)
-    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                    mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+    return images
 
 
 def jitter_graph(images: Any, cfg: DataConfig) -> Any:
@@ -154,6 +151,7 @@ class DaliLoader:
         self._part = samples[start:stop]
         self._sizes = batch_sizes(len(samples), stop - start, world_size, cfg.batch_size, training)
         self._device = torch.device(device)
+        self._cfg = cfg
         self._runs = 0  # pipeline runs per evaluation pass, padding included
         self._unread = 0  # runs of the current evaluation pass not yet taken from the pipeline
         self._pipe: Pipeline | None = None
@@ -195,13 +193,16 @@ class DaliLoader:
 
     def _to_batch(self, outputs: tuple, size: int) -> dict[str, Any]:
         images, labels = outputs
-        dense = images.as_tensor()  # every image is (C, S, S): one (N, C, S, S) block
-        image = torch.empty(dense.shape(), dtype=torch.float32, device=self._device)
-        stream = torch.cuda.current_stream(self._device) if self._device.type == "cuda" else None
-        feed_ndarray(dense, image, cuda_stream=stream)
+        dense = images.as_tensor()  # every image is (S, S, 1): one (N, S, S, 1) block
+        if self._device.type == "cuda":
+            image = torch.empty(dense.shape(), dtype=torch.uint8, device=self._device)
+            feed_ndarray(dense, image, cuda_stream=torch.cuda.current_stream(self._device))
+        else:
+            image = torch.from_numpy(np.asarray(dense))  # a view of DALI's buffer: normalize_batch copies
         vector = torch.from_numpy(np.asarray(labels.as_tensor())[:size]).to(self._device)  # (N, 7) LABEL_VECTOR
-        return {"image": image[:size], "labels": vector[:, :5], "any": vector[:, 5], "age": vector[:, 6],
-                "key": [sample_key(labels[i].source_info()) for i in range(size)]}
+        keys = [sample_key(labels[i].source_info()) for i in range(size)]
+        return {"image": normalize_batch(image[:size, :, :, 0], self._cfg), "labels": vector[:, :5],
+                "any": vector[:, 5], "age": vector[:, 6], "key": keys}
 
 
 def sample_key(source_info: str) -> str:

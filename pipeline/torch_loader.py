@@ -23,7 +23,7 @@ from hnp.config import DataConfig
 from hnp.errors import HnpError
 from hnp.schema import LABEL_VECTOR
 from pipeline.dataset import IMAGE_EXT, LABEL_EXT, SampleEntry, batch_sizes, rank_range, read_samples
-from pipeline.transforms import decode_gray, preprocess, preprocess_train
+from pipeline.transforms import decode_gray, model_image, normalize_batch
 
 Item = tuple[int, int]  # (epoch, sample index): the epoch seeds the sample's augmentation draw
 
@@ -52,12 +52,9 @@ class ShardSamples(Dataset):
         vector = np.frombuffer(sample.read(LABEL_EXT), dtype="<f4")
         if vector.size != len(LABEL_VECTOR):
             raise HnpError(f"{where}: .{LABEL_EXT} holds {vector.size} values, expected {len(LABEL_VECTOR)}")
-        if self.training:
-            image = preprocess_train(gray, self.cfg, np.random.default_rng([self.seed, epoch, index]))
-        else:
-            image = preprocess(gray, self.cfg)
-        return {"image": torch.from_numpy(image), "vector": torch.from_numpy(vector.astype(np.float32)),
-                "key": sample.key}
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.training else None
+        return {"image": torch.from_numpy(model_image(gray, self.cfg, rng)),  # uint8 (S, S)
+                "vector": torch.from_numpy(vector.astype(np.float32)), "key": sample.key}
 
 
 class EpochBatches(Sampler):
@@ -105,6 +102,7 @@ class TorchLoader:
                  world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
         samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
         self._device = torch.device(device)
+        self._cfg = cfg
         self._batches = EpochBatches(len(samples), cfg, training=training, rank=rank, world_size=world_size,
                                      seed=seed)
         workers = cfg.num_threads
@@ -131,7 +129,8 @@ class TorchLoader:
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         vector = batch["vector"].to(self._device, non_blocking=True)  # (N, 7) LABEL_VECTOR
-        return {"image": batch["image"].to(self._device, non_blocking=True), "labels": vector[:, :5],
+        image = normalize_batch(batch["image"].to(self._device, non_blocking=True), self._cfg)
+        return {"image": image, "labels": vector[:, :5],
                 "any": vector[:, 5], "age": vector[:, 6], "key": list(batch["key"])}
 
 
