@@ -633,6 +633,7 @@ def markdown(document: dict[str, Any]) -> str:
     for r in document["results"]:
         extra = f"threads={r['threads']}" if r["threads"] else ""
         note = "; ".join(x for x in (extra, r["status"] if r["status"] != "ok" else "", r["note"]) if x)
+        note = note.replace("|", "\\|")  # error texts may hold table separators
         lines.append(f"| {LABELS[r['kind']]} | {r['variant'] or ''} | {_num(r['images_per_s'])} | "
                      f"{_num(r['ms_per_batch'])} | {r['batch'] or ''} | {_num(r['peak_allocated_gib'], 2)} | "
                      f"{_num(r['device_used_gib'], 2)} | {_num(r['seconds'])} | {note} |")

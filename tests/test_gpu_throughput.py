@@ -21,8 +21,15 @@ SMOKE = ["--device", "cpu", "--model", "test_efficientnet", "--size", "64", "--s
          "--batch", "4", "--source-size", "256x200", "--patients", "8", "--workers", "1", "--no-compile"]
 
 
-def run_bench(tmp_path: Path, *extra: str) -> tuple[int, dict, str]:
-    args = bench.parse_args([*SMOKE, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), *extra])
+@pytest.fixture(scope="module")
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One phantom data folder for the runs of this module: the first run makes it, the others reuse it."""
+    return tmp_path_factory.mktemp("bench-data")
+
+
+def run_bench(tmp_path: Path, *extra: str, data: Path | None = None) -> tuple[int, dict, str]:
+    data = tmp_path / "data" if data is None else data
+    args = bench.parse_args([*SMOKE, "--out", str(tmp_path / "out"), "--data-dir", str(data), *extra])
     code = bench.main(args)
     document = json.loads((tmp_path / "out" / "gpu_throughput.json").read_text())
     return code, document, (tmp_path / "out" / "gpu_throughput.md").read_text()
@@ -32,8 +39,8 @@ def by_kind(document: dict) -> dict[str, dict]:
     return {r["kind"]: r for r in document["results"]}
 
 
-def test_quick_cpu_run_measures_every_stage_and_writes_the_report(tmp_path: Path) -> None:
-    code, document, text = run_bench(tmp_path, "--quick")
+def test_quick_cpu_run_measures_every_stage_and_writes_the_report(tmp_path: Path, shared_data: Path) -> None:
+    code, document, text = run_bench(tmp_path, "--quick", data=shared_data)
     assert code == 0
     results = by_kind(document)
     assert list(results) == ["bare", "ours", "data", "dali", "ours+dali", "eval"]
@@ -41,7 +48,7 @@ def test_quick_cpu_run_measures_every_stage_and_writes_the_report(tmp_path: Path
     for kind in ("bare", "ours", "dali", "ours+dali", "eval"):
         assert results[kind]["images_per_s"] > 0 and results[kind]["batch"] == 4
     assert results["dali"]["threads"] == bench.load_config(bench.PAPER_CONFIG).data.num_threads
-    shards = json.loads((tmp_path / "data" / "shards" / "dataset.json").read_text())
+    shards = json.loads((shared_data / "shards" / "dataset.json").read_text())
     assert {"fold1", "fold2", "fold3"} <= set(shards["splits"])
     ratio = document["derived"]["ratios"]["bf16-cl-eager"]["ours+dali/bare"]
     assert ratio == pytest.approx(results["ours+dali"]["images_per_s"] / results["bare"]["images_per_s"])
@@ -153,3 +160,19 @@ def test_take_cycles_its_source_and_refuses_an_empty_one() -> None:
     assert len(bench.Take([1], 3)) == 3
     with pytest.raises(RuntimeError, match="no batch"):
         list(bench.Take([], 1))
+
+
+def test_a_failed_measurement_keeps_its_error_and_the_run_goes_on(tmp_path: Path, shared_data: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_bare(cfg, variant, steps, warmup, device):  # noqa: ANN001, ANN202 - same call as the real one
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED | shape (4, 3, 64, 64)")
+
+    monkeypatch.setattr(bench, "bare_step_seconds", broken_bare)
+    code, document, text = run_bench(tmp_path, "--quick", data=shared_data)
+    results = by_kind(document)
+    assert code == 0
+    assert results["bare"]["status"] == "failed" and results["bare"]["images_per_s"] is None
+    assert results["bare"]["note"].startswith("RuntimeError: cuDNN error")
+    assert results["ours"]["status"] == results["ours+dali"]["status"] == "ok"
+    assert "CUDNN_STATUS_NOT_SUPPORTED \\| shape" in text
+    assert document["derived"]["ratios"]["bf16-cl-eager"]["ours+dali/bare"] is None
