@@ -46,13 +46,20 @@ def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-def test_four_folds_train_concurrently_and_relaunches_resume(tmp_path: Path) -> None:
+def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
     ray = pytest.importorskip("ray")
     shards, out = band_shards(tmp_path / "data"), tmp_path / "run"
+    out.mkdir()
+    (out / "fold3").write_text("in the way")  # fold3 cannot write its folder: it fails for good, the others finish
     try:
-        assert cli.run(_args(shards, out, "train.epochs=1")) == 0
-        first = {k: pd.read_csv(out / f"fold{k}" / "history.csv") for k in range(4)}
-        # Relaunch with more epochs: Ray Train restores each fold's last checkpoint and runs epoch 2 only.
+        with caplog.at_level("INFO", logger="hnp.train"):
+            assert cli.run(_args(shards, out, "train.epochs=1")) == 1
+        assert "failed for good: fold3" in caplog.text
+        first = {k: pd.read_csv(out / f"fold{k}" / "history.csv") for k in range(3)}
+        (out / "fold3").unlink()
+        # Relaunch with more epochs: Ray Train restores each fold's last checkpoint (fold3's too, from Ray's
+        # storage) and runs epoch 2 only.
         assert cli.run(_args(shards, out, "train.epochs=2")) == 0
     finally:
         ray.shutdown()
@@ -61,7 +68,8 @@ def test_four_folds_train_concurrently_and_relaunches_resume(tmp_path: Path) -> 
         folder = out / f"fold{k}"
         history = pd.read_csv(folder / "history.csv")
         assert list(history["epoch"]) == [1, 2]
-        pd.testing.assert_frame_equal(history.iloc[:1], first[k])  # epoch 1 was not trained again
+        if k in first:
+            pd.testing.assert_frame_equal(history.iloc[:1], first[k])  # epoch 1 was not trained again
         best = load_checkpoint(folder / "best.pt")
         assert best.fold == k and set(best.val_auc) == set(LEVELS)
         predictions = pd.read_parquet(folder / "val_predictions.parquet")
@@ -86,3 +94,15 @@ def test_relaunch_with_another_config_is_refused(tmp_path: Path) -> None:
         cli.run(_args(shards, out, "optim.lr=0.5"))
     with pytest.raises(cli.HnpError, match="no dataset.json"):
         cli.run(_args(tmp_path, out))
+
+
+def test_fold_bookkeeping(tmp_path: Path) -> None:
+    from hnp.config import load_config
+    from train.ray_folds import fold_finished, fold_splits
+
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    assert fold_splits(cfg, 2) == (["fold0", "fold1", "fold3"], ["fold2"])
+    assert not fold_finished(tmp_path, epochs=2)
+    pd.DataFrame({"epoch": [1]}).to_csv(tmp_path / "history.csv", index=False)
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert not fold_finished(tmp_path, epochs=2) and fold_finished(tmp_path, epochs=1)

@@ -58,11 +58,14 @@ class FoldContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def fold_logger(ctx: FoldContext) -> logging.LoggerAdapter:
-    """A logger whose lines say which fold and rank wrote them."""
-    adapter = logging.LoggerAdapter(logging.getLogger("hnp.train"), {"fold": ctx.fold, "rank": ctx.rank})
-    adapter.process = lambda msg, kwargs: (f"[fold{ctx.fold} rank{ctx.rank}] {msg}", kwargs)  # type: ignore[method-assign]
-    return adapter
+class FoldLogger(logging.LoggerAdapter):
+    """The "hnp.train" logger, with every line tagged by fold and rank: `[fold2 rank0] epoch 3: ...`."""
+
+    def __init__(self, ctx: FoldContext) -> None:
+        super().__init__(logging.getLogger("hnp.train"), {"fold": ctx.fold, "rank": ctx.rank})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[fold{self.extra['fold']} rank{self.extra['rank']}] {msg}", kwargs
 
 
 def seed_everything(seed: int) -> None:
@@ -323,7 +326,7 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
     Returns:
         The whole history, one row per epoch.
     """
-    log = fold_logger(ctx)
+    log = FoldLogger(ctx)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # type: ignore[arg-type]
     trainer = build_trainer(cfg, steps_per_epoch, ctx)
     history, best = resume(trainer, fold_dir / STATE_FILE, ctx)
