@@ -93,7 +93,7 @@ def pointing_game(index: pd.DataFrame, images: pd.DataFrame, thresholds: dict[st
     counted = counted[counted["probability"] >= counted["level"].map(thresholds)]
     _check_same_data(counted["key"], images, truth, truth_path)
     rows = [_score(row, truth.loc[row.key], levels[row.level], gradcam_dir) for row in counted.itertuples()]
-    scored = pd.DataFrame(rows, columns=["level", "hit", "disc_hit", "chance", "disc_chance"])
+    scored = pd.DataFrame(rows, columns=["level", "hit", "disc_hit", "spine_hit", "chance", "disc_chance"])
     return _summarise(scored)
 
 
@@ -116,7 +116,8 @@ def _score(row: Any, truth_row: pd.Series, column: str, gradcam_dir: Path) -> di
     if abs(scale_x / scale_y - 1.0) > 0.02:
         raise HnpError(f"sample {row.key}: heatmap {width}x{height} does not keep the aspect of the truth image "
                        f"{truth_row['width']}x{truth_row['height']}: is it the phantom these shards came from?")
-    box = level_boxes(truth_row, column, (scale_x + scale_y) / 2.0)
+    boxes = {c: level_boxes(truth_row, c, (scale_x + scale_y) / 2.0) for c in LEVEL_COLUMNS}
+    box = boxes[column]
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = np.array([peak_x, peak_y], dtype=float)
     area = float(height * width)
@@ -124,6 +125,7 @@ def _score(row: Any, truth_row: pd.Series, column: str, gradcam_dir: Path) -> di
         "level": row.level,
         "hit": inside(peak, box, "level_half_height"),
         "disc_hit": inside(peak, box, "disc_half_height"),
+        "spine_hit": any(inside(peak, other, "level_half_height") for other in boxes.values()),
         "chance": min(1.0, 4 * box["half_width"] * box["level_half_height"] / area),
         "disc_chance": min(1.0, 4 * box["half_width"] * box["disc_half_height"] / area),
     }
@@ -137,6 +139,7 @@ def _summarise(scored: pd.DataFrame) -> dict[str, Any]:
             "chance_rate": float(part["chance"].mean()) if n else float("nan"),
             "disc_hit_rate": float(part["disc_hit"].mean()) if n else float("nan"),
             "disc_chance_rate": float(part["disc_chance"].mean()) if n else float("nan"),
+            "spine_rate": float(part["spine_hit"].mean()) if n else float("nan"),
         }
 
     return {"overall": figures(scored),
@@ -151,14 +154,15 @@ def pointing_markdown(result: dict[str, Any]) -> str:
         f"**{_rate(overall['hit_rate'])}** ({overall['hits']} of {overall['n']}; a random peak would score "
         f"{_rate(overall['chance_rate'])}). Region: a box along the disc, as wide as the disc and reaching half-way "
         "to the neighbouring disc centres; inside the disc itself: "
-        f"{_rate(overall['disc_hit_rate'])} (chance {_rate(overall['disc_chance_rate'])}). See `eval/pointing.py`.",
+        f"{_rate(overall['disc_hit_rate'])} (chance {_rate(overall['disc_chance_rate'])}). Peaks in any of the "
+        f"five level regions (on the lumbar spine at all): {_rate(overall['spine_rate'])}. See `eval/pointing.py`.",
         "",
-        "| Level | True-positive top images | Hit rate | Chance | Disc hit rate | Disc chance |",
-        "|---|---|---|---|---|---|",
+        "| Level | True-positive top images | Hit rate | Chance | Disc hit rate | Disc chance | On the spine |",
+        "|---|---|---|---|---|---|---|",
     ]
     for level, f in result["levels"].items():
         lines.append(f"| {level} | {f['n']} | {_rate(f['hit_rate'])} | {_rate(f['chance_rate'])} "
-                     f"| {_rate(f['disc_hit_rate'])} | {_rate(f['disc_chance_rate'])} |")
+                     f"| {_rate(f['disc_hit_rate'])} | {_rate(f['disc_chance_rate'])} | {_rate(f['spine_rate'])} |")
     return "\n".join(lines)
 
 
