@@ -26,7 +26,7 @@ from tqdm import tqdm
 from eval import bagging, report
 from eval.gradcam import GradCAM, export_gradcam, select_top
 from eval.metrics import metrics_table
-from eval.samples import read_gray_images, read_sample_meta
+from eval.samples import GrayImages, read_sample_meta
 from hnp.config import DataConfig
 from hnp.errors import HnpError
 from train.model import FoldCheckpoint, load_checkpoint, outputs_to_predictions
@@ -180,10 +180,11 @@ def run_gradcam(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars: Seq
     from pipeline import preprocess
 
     selection = select_top(images, gradcam_targets(folds[0].config.model.task), options.gradcam_top)
-    grays = read_gray_images(tars, selection["key"].unique())
+    grays = GrayImages(tars, selection["key"].unique())
 
     def load(key: str) -> tuple[np.ndarray, np.ndarray]:
-        return grays[key], preprocess(grays[key], data)
+        gray = grays[key]
+        return gray, preprocess(gray, data)
 
     cams = [GradCAM(fold.model, options.gradcam_layer) for fold in folds]
     log.info("Grad-CAM at layer %s of %d fold model(s), %d heatmaps", cams[0].layer_name, len(cams), len(selection))

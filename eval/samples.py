@@ -47,22 +47,27 @@ def read_sample_meta(tars: Sequence[Path]) -> pd.DataFrame:
     return frame
 
 
-def read_gray_images(tars: Sequence[Path], keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """Decode the `.jpg` member of each wanted key to a uint8 grayscale array (H, W).
+class GrayImages:
+    """Radiographs of selected keys, decoded to uint8 gray (H, W) one at a time when asked for.
+
+    Only the index is kept in memory: at paper scale the Grad-CAM selection holds 1,500 radiographs of several
+    megapixels each, too many to decode up front.
 
     Args:
         tars: the shard tars holding the keys.
-        keys: the sample keys to read; a key missing from the tars is an error.
+        keys: the sample keys that will be asked for; a key missing from the tars is an error here.
     """
-    wanted = set(keys)
-    entries = [entry for entry in read_samples(tars) if entry.key in wanted]
-    missing = sorted(wanted - {entry.key for entry in entries})
-    if missing:
-        raise HnpError(f"{len(missing)} sample(s) not found in the shards, e.g. {missing[0]}")
-    images = {}
-    for entry, data in _read_component(entries, IMAGE_EXT):
-        images[entry.key] = decode_gray(data, f"{entry.shard}: sample {entry.key}")
-    return images
+
+    def __init__(self, tars: Sequence[Path], keys: Iterable[str]) -> None:
+        wanted = set(keys)
+        self._entries = {entry.key: entry for entry in read_samples(tars) if entry.key in wanted}
+        missing = sorted(wanted - set(self._entries))
+        if missing:
+            raise HnpError(f"{len(missing)} sample(s) not found in the shards, e.g. {missing[0]}")
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        entry = self._entries[key]
+        return decode_gray(entry.read(IMAGE_EXT), f"{entry.shard}: sample {entry.key}")
 
 
 def _read_component(entries: Sequence[SampleEntry], ext: str) -> Iterable[tuple[SampleEntry, bytes]]:
