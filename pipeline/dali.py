@@ -1,12 +1,14 @@
-"""The DALI input pipeline: webdataset shards -> grayscale decode -> CLAHE -> resize -> [jitter] -> normalize.
+"""The DALI input pipeline: webdataset shards -> grayscale decode -> CLAHE -> resize -> [jitter], then
+normalization in torch on the training device.
 
     loader = DaliLoader(cfg.data, split_shards("shards", ["fold1", "fold2", "fold3"]), training=True,
                         rank=rank, world_size=world_size, seed=cfg.train.seed, device="cuda:0")
     for batch in loader: ...     # batch["image"]: float32 (N, C, S, S) on cuda:0
 
-On a GPU the JPEG decode is `mixed` (nvJPEG) and CLAHE, resize and normalization run on the GPU; with
-`device="cpu"` everything runs on `cfg.num_threads` CPU threads. Each rank reads its own contiguous part of the
-samples (DALI's `shard_id`/`num_shards`, the same parts as `pipeline.dataset.rank_range`).
+On a GPU the JPEG decode is `mixed` (nvJPEG, with the hardware JPEG decoder where the GPU has one) and CLAHE,
+resize, jitter and normalization run on the GPU; with `device="cpu"` DALI runs on `cfg.num_threads` CPU threads.
+Each rank reads its own contiguous part of the samples (DALI's `shard_id`/`num_shards`, the same parts as
+`pipeline.dataset.rank_range`).
 
 Epochs: in training the reader streams without end (seeded shuffle buffer; each reader epoch moves every rank on
 to the next rank's part) and an epoch is a fixed number of full batches, equal on all ranks. In evaluation each
@@ -16,7 +18,6 @@ yielded exactly once across ranks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,6 @@ from hnp.config import DataConfig
 from pipeline.checks import explain_failure
 from pipeline.dataset import IMAGE_EXT, LABEL_EXT, batch_sizes, index_path, rank_range, read_samples
 from pipeline.transforms import CONTRAST_CENTER, normalize_batch
-
-log = logging.getLogger("hnp.pipeline")
 
 READER_NAME = "reader"
 
@@ -148,7 +147,8 @@ class DaliLoader:
                  world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
         samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
         start, stop = rank_range(len(samples), rank, world_size)
-        self._part = samples[start:stop]
+        # where a decode failure is looked for: a training reader moves on to the other ranks' parts
+        self._suspects = samples if training else samples[start:stop]
         self._sizes = batch_sizes(len(samples), stop - start, world_size, cfg.batch_size, training)
         self._device = torch.device(device)
         self._cfg = cfg
@@ -189,7 +189,7 @@ class DaliLoader:
         try:
             return step()
         except RuntimeError as err:
-            raise explain_failure(err, self._part) from err
+            raise explain_failure(err, self._suspects) from err
 
     def _to_batch(self, outputs: tuple, size: int) -> dict[str, Any]:
         images, labels = outputs
@@ -199,7 +199,8 @@ class DaliLoader:
             feed_ndarray(dense, image, cuda_stream=torch.cuda.current_stream(self._device))
         else:
             image = torch.from_numpy(np.asarray(dense))  # a view of DALI's buffer: normalize_batch copies
-        vector = torch.from_numpy(np.asarray(labels.as_tensor())[:size]).to(self._device)  # (N, 7) LABEL_VECTOR
+        # np.array copies: DALI reuses its output buffers on later runs
+        vector = torch.from_numpy(np.array(labels.as_tensor())[:size]).to(self._device)  # (N, 7) LABEL_VECTOR
         keys = [sample_key(labels[i].source_info()) for i in range(size)]
         return {"image": normalize_batch(image[:size, :, :, 0], self._cfg), "labels": vector[:, :5],
                 "any": vector[:, 5], "age": vector[:, 6], "key": keys}

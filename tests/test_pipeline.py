@@ -137,16 +137,18 @@ def test_training_order_is_shuffled_and_seeded(shards_dir: Path, loader: str) ->
 def test_batch_contents_match_the_shards(shards_dir: Path, loader: str, channels: int, resize: str) -> None:
     shards = split_shards(shards_dir, ["test"])
     records = sample_json(shards)
-    cfg = small_cfg(loader, channels=channels, resize=resize)
-    batch = next(iter(build_loader(cfg, shards, training=False)))
-    n = len(batch["key"])
-    assert batch["image"].shape == (n, channels, 48, 48) and batch["image"].dtype == torch.float32
-    assert batch["labels"].shape == (n, 5) and batch["any"].shape == (n,) and batch["age"].shape == (n,)
-    for i, key in enumerate(batch["key"]):
-        record = records[key]
-        assert batch["labels"][i].tolist() == record["labels"]
-        assert batch["any"][i].item() == record["any"]
-        assert batch["age"][i].item() == pytest.approx(record["age"])
+    cfg = small_cfg(loader, channels=channels, resize=resize, batch_size=2)
+    batches = list(build_loader(cfg, shards, training=False))  # all kept: no batch may share a reused buffer
+    for batch in batches:
+        n = len(batch["key"])
+        assert batch["image"].shape == (n, channels, 48, 48) and batch["image"].dtype == torch.float32
+        assert batch["labels"].shape == (n, 5) and batch["any"].shape == (n,) and batch["age"].shape == (n,)
+        for i, key in enumerate(batch["key"]):
+            record = records[key]
+            assert batch["labels"][i].tolist() == record["labels"]
+            assert batch["any"][i].item() == record["any"]
+            assert batch["age"][i].item() == pytest.approx(record["age"])
+    batch = batches[0]
     if channels == 3:  # gray replicated, then normalized per channel: channels differ only by the affine map
         image = batch["image"][0]
         assert not torch.equal(image[0], image[1])
