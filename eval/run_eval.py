@@ -4,9 +4,9 @@
              [--truth data/phantom/truth.parquet]
 
 Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each
-batch, no augmentation). Bagging, per-patient means and thresholds follow `eval.bagging`; the files are those of
-the report contract (DESIGN.md): predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv,
-report.md, roc.png and gradcam/.
+batch, no augmentation; on a GPU under the run's autocast, bf16 by default, on the CPU in float32). Bagging,
+per-patient means and thresholds follow `eval.bagging`; the files are those of the report contract (DESIGN.md):
+predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, roc.png and gradcam/.
 """
 
 from __future__ import annotations
