@@ -4,6 +4,7 @@ that matches the per-fold columns, predict that agrees with eval, and clear erro
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -268,3 +269,25 @@ def test_eval_and_predict_for_the_other_tasks(world: dict[str, Path], tmp_path: 
     result = json.loads(capsys.readouterr().out)
     assert list(result["targets"]) == expected
     assert (result["predicted_age"] is None) == (task == "any")
+
+
+def test_youden_oof_thresholds_come_from_patient_level_validation_scores(world: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    out = tmp_path / "oof"
+    argv = ["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
+            "--threshold", "youden-oof", "--gradcam-top", "0", "--bootstrap", "0", "--no-wandb"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    patients = {}
+    for tar in world["shards"].glob("fold*/*.tar"):
+        with tarfile.open(tar) as archive:
+            for member in archive.getmembers():
+                if member.name.endswith(".json"):
+                    patients[member.name[:-5]] = json.load(archive.extractfile(member))["patient"]
+    oof = pd.concat(pd.read_parquet(p) for p in world["run"].glob("fold*/val_predictions.parquet"))
+    per_patient = oof.assign(patient=oof["key"].map(patients)).groupby("patient").mean(numeric_only=True)
+    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+        # Youden's J picks one of the observed scores (or just above the highest) as the cut-off
+        scores = per_patient[f"prob_{c}"].to_numpy()
+        threshold = metrics[name]["threshold"]
+        assert np.isclose(scores, threshold, atol=1e-6).any() or threshold > scores.max()
