@@ -21,9 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phantom.cli", "write synthetic lumbar radiographs with planted per-level HNP signal"),
     "validate": ("sharding.validate_cli", "check a manifest against the contract and summarise it"),
     "shard": ("sharding.shard_cli", "patient-grouped folds of WebDataset shards (+ DALI indexes) from a manifest"),
+    "preview": ("pipeline.preview_cli", "write the preprocessed model inputs (PNG grid + .npy) to check them by eye"),
     "train": ("train.cli", "train the cross-validation folds with Ray (one TorchTrainer per fold, several at once)"),
     "eval": ("eval.cli", "bagged per-patient test metrics, paper-layout tables, ROC plot and Grad-CAM of a run"),
     "predict": ("eval.predict_cli", "per-level HNP probability and decision for one patient's radiographs"),
+    "demo": ("hnp.demo", "phantom -> validate -> shard -> train -> eval on this machine, with a closing summary"),
 }
 
 log = logging.getLogger("hnp")

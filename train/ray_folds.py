@@ -142,21 +142,28 @@ def train_folds(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path,
     for k in outcomes:
         log.info("fold%d: already finished in %s, not retrained", k, fold_dir(out_dir, k))
     if pending:
-        _init_ray(cfg, address)
-        outcomes.update(_run_trials(cfg, shards_dir, out_dir, pending))
+        started_here = _init_ray(cfg, address)
+        try:
+            outcomes.update(_run_trials(cfg, shards_dir, out_dir, pending))
+        finally:
+            if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
+                import ray
+
+                ray.shutdown()
     return [outcomes[k] for k in range(cfg.folds)]
 
 
-def _init_ray(cfg: ExperimentConfig, address: str | None) -> None:
+def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
+    """Connect to Ray; True when this call started (or joined) it, so the caller also ends the connection."""
     import math
 
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
-        return
+        return True
     # A local Ray: the workers import this repository's packages from its root, installed or not.
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     # Declare at least the CPUs the configured concurrency asks for, so a small machine runs the folds
@@ -165,6 +172,7 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> None:
     wanted = math.ceil(min(cfg.folds, cfg.ray.max_concurrent_folds) * fold_cpus)
     ray.init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, wanted),
              runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    return True
 
 
 def _run_trials(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
