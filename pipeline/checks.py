@@ -24,7 +24,7 @@ def explain_failure(err: Exception, samples: Sequence[SampleEntry]) -> HnpError:
 
     Args:
         err: what the pipeline raised.
-        samples: the samples this rank reads; scanned for the culprit when `err` names none.
+        samples: the samples the failing run can have read; decoded one by one when `err` names none.
     """
     detail = dali_message(str(err))
     match = _SOURCE.search(str(err))
@@ -34,7 +34,8 @@ def explain_failure(err: Exception, samples: Sequence[SampleEntry]) -> HnpError:
     if bad is not None:
         return HnpError(f"{bad}; the pipeline said: {detail}")
     shards = sorted({str(sample.shard) for sample in samples})
-    return HnpError(f"pipeline failed reading {', '.join(shards)}; no single bad sample found: {detail}")
+    return HnpError(f"pipeline failed reading {', '.join(shards)}; no undecodable sample found among the "
+                    f"{len(samples)} it was reading: {detail}")
 
 
 def dali_message(text: str) -> str:

@@ -29,8 +29,17 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from hnp.config import DataConfig
-from pipeline.checks import explain_failure
-from pipeline.dataset import IMAGE_EXT, LABEL_EXT, batch_sizes, index_path, rank_range, read_samples
+from hnp.errors import HnpError
+from pipeline.checks import dali_message, explain_failure
+from pipeline.dataset import (
+    IMAGE_EXT,
+    LABEL_EXT,
+    SampleEntry,
+    batch_sizes,
+    index_path,
+    rank_range,
+    read_samples,
+)
 from pipeline.transforms import CONTRAST_CENTER, normalize_batch
 
 READER_NAME = "reader"
@@ -147,18 +156,23 @@ class DaliLoader:
                  world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
         samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
         start, stop = rank_range(len(samples), rank, world_size)
-        # where a decode failure is looked for: a training reader moves on to the other ranks' parts
-        self._suspects = samples if training else samples[start:stop]
+        # The order the reader goes through the samples: its own part, then (training only) the next ranks'.
+        self._reading_order = samples[start:] + samples[:start] if training else samples[start:stop]
         self._sizes = batch_sizes(len(samples), stop - start, world_size, cfg.batch_size, training)
         self._device = torch.device(device)
         self._cfg = cfg
+        self._training = training
         self._runs = 0  # pipeline runs per evaluation pass, padding included
         self._unread = 0  # runs of the current evaluation pass not yet taken from the pipeline
+        self._ran = 0  # successful pipeline runs since the build
         self._pipe: Pipeline | None = None
         if self._sizes:
             self._pipe = build_dali_pipeline(cfg, shards, training=training, rank=rank, world_size=world_size,
                                              seed=seed, device_id=device_index(self._device))
-            self._call(self._pipe.build)
+            try:
+                self._pipe.build()
+            except RuntimeError as err:  # configuration or environment (e.g. no CUDA), not a sample
+                raise HnpError(f"could not build the DALI pipeline: {dali_message(str(err))}") from err
             self._runs = 0 if training else self._padded_runs(cfg.batch_size)
 
     def _padded_runs(self, batch_size: int) -> int:
@@ -175,21 +189,35 @@ class DaliLoader:
         self._drain()
         self._unread = self._runs
         for size in self._sizes:
-            outputs = self._call(self._pipe.run)
+            outputs = self._run()
             self._unread = max(0, self._unread - 1)
             yield self._to_batch(outputs, size)
 
     def _drain(self) -> None:
         """Run off the padding, or what a broken-off evaluation pass left, so a pass starts at its first sample."""
         while self._unread:
-            self._call(self._pipe.run)
+            self._run()
             self._unread -= 1
 
-    def _call(self, step: Any) -> Any:
+    def _run(self) -> tuple:
         try:
-            return step()
+            outputs = self._pipe.run()
         except RuntimeError as err:
-            raise explain_failure(err, self._suspects) from err
+            raise explain_failure(err, self._suspects()) from err
+        self._ran += 1
+        return outputs
+
+    def _suspects(self) -> list[SampleEntry]:
+        """The samples the failing run can have been reading, when DALI's error does not name one: the batch
+        being taken, the one before and the prefetched ones, plus, in training, the shuffle buffer's reach."""
+        batch = self._cfg.batch_size
+        if self._training:
+            position, reach = self._ran * batch, self._cfg.shuffle_buffer + 3 * batch
+        else:
+            position, reach = (self._ran % self._runs) * batch, 3 * batch
+        order = self._reading_order
+        first = position - batch
+        return [order[index % len(order)] for index in range(first, first + min(len(order), batch + reach))]
 
     def _to_batch(self, outputs: tuple, size: int) -> dict[str, Any]:
         images, labels = outputs

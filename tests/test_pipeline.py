@@ -211,13 +211,18 @@ def overwrite_image(shard: Path, key: str, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_undecodable_image_names_shard_and_key(shards_dir: Path, tmp_path: Path, loader: str) -> None:
+@pytest.mark.parametrize(("training", "victim_index"), [(False, -1), (True, 9)])
+def test_undecodable_image_names_shard_and_key(shards_dir: Path, tmp_path: Path, loader: str, training: bool,
+                                               victim_index: int) -> None:
     _, shards = damaged_copy(shards_dir, tmp_path)
-    victim = read_samples(shards)[-1]
+    shards = shards + split_shards(tmp_path / "shards", TRAIN)
+    victim = read_samples(shards)[victim_index]
     overwrite_image(victim.shard, victim.key, b"\x00" * 64)
-    cfg = small_cfg(loader)
+    cfg = small_cfg(loader, batch_size=2)
+    loader = build_loader(cfg, shards, training=training, rank=1, world_size=2)
     with pytest.raises(HnpError) as caught:
-        epoch_keys(build_loader(cfg, shards, training=False))
+        for _ in range(3):  # epochs: in training, rank 1's reader reaches rank 0's part in its second epoch
+            epoch_keys(loader)
     message = str(caught.value)
     assert str(victim.shard) in message and victim.key in message and "Traceback" not in message
 
