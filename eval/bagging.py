@@ -14,6 +14,7 @@ patient was obtained for the final decision", with the optimal threshold of each
    - `fixed:X`: X for every level, e.g. `fixed:0.5`;
    - `youden-oof`: Youden's J on the pooled out-of-fold validation predictions of all folds, aggregated per
      patient the same way as the test set. Thresholds are never chosen on the test set itself.
+   A target the rule gives no threshold for (no positives in validation) gets 0.5, with a warning.
 
 Data frame columns use the column-safe level names (`L1_2` ... `L5_S1`) plus `any`: `label_<c>`, `prob_<c>`,
 `pred_<c>`. "any" (HNP at one level or more) is the model's own output for the `any` task; for the level tasks
@@ -23,6 +24,7 @@ the paper's baseline task (Table 2), with its own Youden-J threshold per fold.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 
 TASKS = ("any", "levels", "levels_age")
+# The cut-off of a target whose rule gives none (a rare level without positives in every validation fold).
+FALLBACK_THRESHOLD = 0.5
+log = logging.getLogger("hnp.eval")
 
 
 def output_columns(task: str) -> tuple[str, ...]:
@@ -175,18 +180,23 @@ def resolve_thresholds(
     if rule.kind == "fixed":
         return {name: rule.value for name in names}
     if rule.kind == "fold-mean":
-        # nanmean: a fold whose validation lacked positives at a rare level has no threshold there.
-        means = {name: float(np.nanmean([fold[name] for fold in per_fold])) for name in names}
-        missing = [name for name, value in means.items() if math.isnan(value)]
-        if missing:
-            raise HnpError(f"no fold has a threshold for {', '.join(missing)} (no positives in any validation fold)")
-        return means
-    if oof_patients is None:
+        # nanmean over the folds that have one: a fold whose validation lacked positives has none at that level
+        chosen = {name: _nanmean([fold[name] for fold in per_fold]) for name in names}
+    elif oof_patients is None:
         raise HnpError("--threshold youden-oof needs every fold's val_predictions.parquet")
-    return {
-        name: youden_threshold(oof_patients[f"label_{c}"].to_numpy(), oof_patients[f"prob_{c}"].to_numpy())
-        for name, c in names.items()
-    }
+    else:
+        chosen = {name: youden_threshold(oof_patients[f"label_{c}"].to_numpy(), oof_patients[f"prob_{c}"].to_numpy())
+                  for name, c in names.items()}
+    missing = [name for name, value in chosen.items() if math.isnan(value)]
+    if missing:
+        log.warning("no %s threshold for %s (no positives or no negatives in validation): using %.1f there",
+                    rule.kind, ", ".join(missing), FALLBACK_THRESHOLD)
+    return {name: FALLBACK_THRESHOLD if math.isnan(value) else value for name, value in chosen.items()}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def add_decisions(patients: pd.DataFrame, thresholds: dict[str, float], task: str) -> pd.DataFrame:

@@ -43,13 +43,25 @@ def write_metrics(table: pd.DataFrame, out_dir: Path, meta: Mapping[str, Any]) -
     """
     table.to_csv(out_dir / "metrics.csv", index_label="target", float_format="%.6g")
     per_target = {name: {key: _json_number(row[key]) for key in METRIC_NAMES} for name, row in table.iterrows()}
-    (out_dir / "metrics.json").write_text(json.dumps({**meta, "metrics": per_target}, indent=2) + "\n")
+    document = _json_safe({**meta, "metrics": per_target})
+    (out_dir / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
 def _json_number(value: Any) -> float | int | None:
     if isinstance(value, (int, np.integer)):
         return int(value)
     return None if math.isnan(float(value)) else float(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined metric or threshold) as null, so metrics.json is standard JSON."""
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
+        return _json_number(value)
+    return value
 
 
 def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> None:

@@ -143,6 +143,13 @@ def test_threshold_rules() -> None:
         resolve_thresholds(parse_threshold_rule("youden-oof"), per_fold, None, "levels")
 
 
+def test_a_target_without_threshold_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    per_fold = [{**dict.fromkeys(LEVELS, 0.3), "L1-2": math.nan, "any": 0.4}] * 2
+    got = resolve_thresholds(parse_threshold_rule("fold-mean"), per_fold, None, "levels")
+    assert got["L1-2"] == 0.5 and got["L2-3"] == pytest.approx(0.3)
+    assert "no fold-mean threshold for L1-2" in caplog.text
+
+
 def test_fold_thresholds_derive_any_from_validation() -> None:
     val = bag_folds(_hand_built_images(), [0], LEVEL_COLUMNS).assign(label_L1_2=0)
     got = fold_thresholds({c: 0.5 for c in LEVEL_COLUMNS}, val, "levels", fold=0)

@@ -27,9 +27,11 @@ def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:
 def test_metrics_files_round_trip(tmp_path: Path) -> None:
     patients = _patients()
     table = metrics_table(patients, targets("levels"), dict.fromkeys([*LEVELS, "any"], 0.5), n_boot=20)
-    write_metrics(table, tmp_path, {"task": "levels", "threshold_rule": "fixed:0.5"})
+    write_metrics(table, tmp_path, {"task": "levels", "threshold_rule": "fixed:0.5",
+                                    "thresholds_per_fold": {0: {"L1-2": float("nan"), "L2-3": 0.25}}})
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["task"] == "levels"
+    assert stored["thresholds_per_fold"] == {"0": {"L1-2": None, "L2-3": 0.25}}
     assert list(stored["metrics"]) == [*LEVELS, "any"]
     assert stored["metrics"]["L1-2"]["roc_auc"] is None  # one class: NaN is written as null
     assert stored["metrics"]["L4-5"]["roc_auc"] == pytest.approx(table.loc["L4-5", "roc_auc"])
