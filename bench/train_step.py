@@ -1,13 +1,14 @@
-"""Images/s of our training step (train.loop.train_one_epoch) against a bare timm forward/backward/step loop,
+r"""Images/s of our training step (train.loop.train_one_epoch) against a bare timm forward/backward/step loop,
 same model, batch, precision and memory format, in one process, on synthetic in-memory batches.
 
     python bench/train_step.py                                          # CPU: test_efficientnet, 128 px, fp32
-    python bench/train_step.py --model efficientnet_b5 --size 456 --batch 16 --amp bf16 --channels-last \
-        --device cuda --steps 50                                        # GPU: the paper's model
+    python bench/train_step.py --model efficientnet_b5 --size 456 --channels 3 --batch 32 --amp bf16 \
+        --channels-last --device cuda --steps 50 --rounds 3             # GPU: the paper's model
 
 The two loops alternate for --rounds rounds; the best round of each (timeit's rule: slower rounds measure other
-load on the machine, not the code) and the medians are reported. Our step adds: task targets, the TaskLoss, the (disabled unless fp16) grad scaler, the
-per-step LR scheduler and a progress bar; the ratio says what they cost.
+load on the machine, not the code) and the medians are reported. Our step adds task targets, the TaskLoss, the
+grad scaler (a no-op unless fp16), the per-step LR scheduler and the device-side loss sum; the ratio says what
+they cost.
 """
 
 from __future__ import annotations
