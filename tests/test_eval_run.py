@@ -199,6 +199,7 @@ def test_eval_errors_are_clear(world: dict[str, Path], tmp_path: Path, capsys: p
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_threshold_rules_change_only_the_decisions(world: dict[str, Path], report: Path, tmp_path: Path) -> None:
     out = tmp_path / "fixed"
     argv = ["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
@@ -211,6 +212,7 @@ def test_threshold_rules_change_only_the_decisions(world: dict[str, Path], repor
     assert not (out / "gradcam").exists()
 
 
+@pytest.mark.slow
 def test_dali_loader_predicts_every_image_once_like_the_torch_loader(world: dict[str, Path], report: Path,
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "dali"
@@ -272,6 +274,7 @@ def test_eval_and_predict_for_the_other_tasks(world: dict[str, Path], tmp_path: 
     assert (result["predicted_age"] is None) == (task == "any")
 
 
+@pytest.mark.slow
 def test_youden_oof_thresholds_come_from_patient_level_validation_scores(world: dict[str, Path],
                                                                           tmp_path: Path) -> None:
     out = tmp_path / "oof"
