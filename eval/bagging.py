@@ -140,7 +140,8 @@ def fold_thresholds(
     """One fold's Youden-J threshold per target (display names).
 
     The checkpoint holds the level thresholds (and "any" for the `any` task). For the level tasks "any" is a
-    derived score, so its threshold is Youden's J on the fold's out-of-fold predictions with `add_any`.
+    derived score, so its threshold is Youden's J on the fold's out-of-fold predictions with `add_any` (NaN, with
+    a warning, when they are missing; `resolve_thresholds` then falls back).
 
     Args:
         checkpoint_thresholds: the checkpoint's `thresholds`, keyed by level name (`L1-2` or `L1_2`).
@@ -157,8 +158,11 @@ def fold_thresholds(
         elif name == "any" and val_images is not None:
             frame = add_any(val_images, task)
             result[name] = youden_threshold(frame["label_any"].to_numpy(), frame["prob_any"].to_numpy())
+        elif name == "any":
+            log.warning("fold %d: no val_predictions.parquet, so no threshold for the derived 'any'", fold)
+            result[name] = math.nan
         else:
-            raise HnpError(f"fold {fold}: no threshold for {name} in best.pt, nor val_predictions.parquet to derive it")
+            raise HnpError(f"fold {fold}: best.pt holds no threshold for {name}; is it a checkpoint of this task?")
     return result
 
 
@@ -189,7 +193,7 @@ def resolve_thresholds(
                   for name, c in names.items()}
     missing = [name for name, value in chosen.items() if math.isnan(value)]
     if missing:
-        log.warning("no %s threshold for %s (no positives or no negatives in validation): using %.1f there",
+        log.warning("no %s threshold for %s (validation had one class only, or no predictions): using %.1f there",
                     rule.kind, ", ".join(missing), FALLBACK_THRESHOLD)
     return {name: FALLBACK_THRESHOLD if math.isnan(value) else value for name, value in chosen.items()}
 

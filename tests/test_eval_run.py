@@ -295,3 +295,17 @@ def test_youden_oof_thresholds_come_from_patient_level_validation_scores(world: 
         scores = per_patient[f"prob_{c}"].to_numpy()
         threshold = metrics[name]["threshold"]
         assert np.isclose(scores, threshold, atol=1e-6).any() or threshold > scores.max()
+
+
+def test_predict_needs_only_the_checkpoints(world: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """A run copied without its val_predictions still predicts; the derived "any" then uses the 0.5 fallback."""
+    for best in world["run"].glob("fold*/best.pt"):
+        (tmp_path / best.parent.name).mkdir()
+        (tmp_path / best.parent.name / "best.pt").write_bytes(best.read_bytes())
+    image = next((world["phantom"] / "images").glob("*.jpg"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(tmp_path), str(image)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["targets"]["any"]["threshold"] == 0.5
+    assert result["targets"]["L4-5"]["threshold"] != 0.5
