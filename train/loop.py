@@ -151,7 +151,7 @@ def _targets(batch: dict[str, Any], task: str, device: torch.device) -> torch.Te
 
 @dataclass(frozen=True)
 class EpochStats:
-    loss: float  # mean training loss per image
+    loss: float  # mean training loss per image, over all ranks
     lr: float  # at the end of the epoch
     images: int  # across all ranks
     seconds: float
@@ -190,8 +190,10 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
-    return EpochStats(loss=total_loss.item() / max(images, 1), lr=trainer.optimizer.param_groups[0]["lr"],
-                      images=images * world_size, seconds=seconds)
+    if world_size > 1 and dist.is_initialized():
+        dist.all_reduce(total_loss)  # every rank ran the same number of equal batches: sum, then divide
+    return EpochStats(loss=total_loss.item() / max(images * world_size, 1),
+                      lr=trainer.optimizer.param_groups[0]["lr"], images=images * world_size, seconds=seconds)
 
 
 def _forward_backward(trainer: Trainer, batch: dict[str, Any], sync: bool) -> torch.Tensor:
