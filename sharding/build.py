@@ -206,7 +206,7 @@ def sample_columns(table: pd.DataFrame, patients: pd.Series, studies: list[str |
         "age": table["age"].astype(float).tolist(),
         "view": text("view"),
         "sex": text("sex"),
-        "image": table["image_file"].astype(str).tolist(),
+        "image": [str(file) for file in table["image_file"]],  # not astype(str): a non-UTF-8 path has no arrow form
         "patient": patients.tolist(),
         "study": studies,
     }

@@ -348,7 +348,9 @@ def _check_duplicate_images(table: pd.DataFrame) -> list[Problem]:
     """Every use of an image after its first names the row that used it first."""
     files = table["image_file"]
     named = files.notna()
-    first_row = pd.Series(table.index[named], index=table.index[named]).groupby(files[named]).transform("first")
+    # Group by the bytes of the path: a non-UTF-8 file name (a surrogate in Python) has no arrow string form.
+    keys = files[named].map(os.fsencode)
+    first_row = pd.Series(table.index[named], index=table.index[named]).groupby(keys).transform("first")
     repeat = first_row.index[first_row.index != first_row.to_numpy()]
     reasons = [f"same image file as row {first_row[r]}" for r in repeat]
     return _problems(repeat, "image_path", reasons, "duplicate image")
