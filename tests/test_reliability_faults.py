@@ -1,0 +1,242 @@
+"""Real kills (SIGKILL, not an exception the code raises on itself) of `hnp eval`, of a Ray Train worker mid-epoch,
+and of the `hnp train` driver mid-run; then the rerun or the restart must end where an unbroken run ends.
+
+Every command runs in a subprocess of its own session; only that process and its descendants (found through
+/proc, by parent PID) are ever killed, so Ray sessions of other users of the machine are left alone. Ray gets a
+private temp folder (RAY_TMPDIR) for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+from test_train_ray import band_shards
+
+from hnp.cli import main
+from sharding.build import ShardOptions, shard_manifest
+from train.checkpoint import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of `pid`, read from /proc (no psutil here)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process we started and every process it started, as an OOM kill or a lost node would."""
+    for pid in [process.pid, *_children(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended (status {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            _kill_tree(process)
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _hnp_process(argv: list[str], env: dict[str, str], log: Path, patch: str = "") -> subprocess.Popen:
+    """`hnp ARGV` in its own session, output to `log`; `patch` is Python run first (to slow a step down)."""
+    code = f"import sys\n{patch}\nfrom hnp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    with log.open("wb") as handle:
+        return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=REPO, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def private_env() -> Iterator[dict[str, str]]:
+    """The environment for our subprocesses: the repo importable, W&B off, Ray in a private temp folder."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hnpray", dir="/tmp"))  # short: Ray's unix sockets live under it
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), "WANDB_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- checkpoints are written atomically -------------------------------------------------------------------------
+
+
+def test_a_write_killed_half_way_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """atomic_write (best.pt, state.pt, history.csv, predictions) writes a temporary file and renames it: when the
+    writer dies half way, the target still holds the previous complete file and no temporary is trusted."""
+    target = tmp_path / "best.pt"
+    target.write_bytes(b"epoch 1, complete")
+
+    def dies_half_way(tmp: Path) -> None:
+        tmp.write_bytes(b"epoch 2, half")
+        raise KeyboardInterrupt  # what a signal does to the writer
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies_half_way)
+    assert target.read_bytes() == b"epoch 1, complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"epoch 2, complete"))
+    assert target.read_bytes() == b"epoch 2, complete"
+
+
+def test_training_writes_every_fold_file_through_atomic_write() -> None:
+    """The code path: train/loop.py writes the fold files only through train.checkpoint's atomic helpers."""
+    source = (REPO / "train" / "loop.py").read_text()
+    assert "atomic_write(fold_dir / \"history.csv\"" in source and "atomic_torch_save(" in source
+    for call in ("torch.save(", ".to_csv(fold_dir", ".to_parquet(fold_dir", "write_text("):
+        assert call not in source, call
+
+
+# ---- hnp eval killed and rerun ------------------------------------------------------------------------------------
+
+# Slows the metrics step down, so the kill lands after the predictions are written and before the report is.
+SLOW_METRICS = """
+import time
+import eval.report as report
+_write_metrics = report.write_metrics
+def write_metrics(*args, **kwargs):
+    time.sleep(60)
+    return _write_metrics(*args, **kwargs)
+report.write_metrics = write_metrics
+"""
+
+
+@pytest.mark.slow
+def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str]) -> None:
+    shards, _ = build_phantom_shards(tmp_path, patients=16)
+    run = build_run(tmp_path, shards, tiny_config())
+    args = ["--run", str(run), "--shards", str(shards), "--gradcam-top", "2", "--no-wandb"]
+    reference = tmp_path / "reference"
+    assert main(["eval", *args, "--out", str(reference)]) == 0
+
+    out = tmp_path / "report"
+    process = _hnp_process(["eval", *args, "--out", str(out)], private_env, tmp_path / "eval.log", SLOW_METRICS)
+    _wait_for(lambda: (out / "predictions_patients.parquet").is_file(), process, "patient predictions")
+    time.sleep(0.5)
+    _kill_tree(process)
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists() and not (out / "report.md").exists()  # visibly unfinished
+
+    assert main(["eval", *args, "--out", str(out)]) == 0
+    for name in ("metrics.json", "metrics.csv", "report.md", "gradcam/index.csv"):
+        assert (out / name).read_text() == (reference / name).read_text(), name
+    for name in ("predictions_images.parquet", "predictions_patients.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(reference / name))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(reference)
+                                                                        for p in reference.rglob("*"))
+
+
+# ---- a Ray Train worker killed mid-epoch, then the driver killed mid-run ------------------------------------------
+
+EPOCHS = 3
+
+
+def _checkpoints(out: Path, fold: int) -> list[Path]:
+    """The Ray checkpoints a fold has kept so far (one per finished epoch, the last two), in the run's Ray storage."""
+    return sorted((out / "ray" / f"tiny-fold{fold}").rglob("checkpoint_*"))
+
+
+def _epochs_done(out: Path, fold: int) -> int:
+    """Epochs a fold has checkpointed: the longest history.csv among its Ray checkpoints."""
+    done = 0
+    for checkpoint in _checkpoints(out, fold):
+        try:
+            done = max(done, len(pd.read_csv(checkpoint / "history.csv")))
+        except (OSError, pd.errors.EmptyDataError):
+            continue  # a checkpoint Ray is still copying
+    return done
+
+
+def _train_workers(driver: int) -> list[int]:
+    return [pid for pid in _children(driver) if "RayTrainWorker" in _cmdline(pid)]
+
+
+@pytest.mark.slow
+def test_killed_worker_restores_its_fold_and_killed_driver_resumes_the_run(tmp_path: Path,
+                                                                           private_env: dict[str, str]) -> None:
+    """Two folds trained one after the other (3 epochs each). During fold0's epoch 2 its Ray Train worker gets
+    SIGKILL: Ray restarts the worker group, which restores the epoch-1 checkpoint and finishes. While fold1 trains,
+    the driver and everything it started get SIGKILL: the relaunched command skips fold0 and finishes fold1."""
+    manifest = band_shards(tmp_path / "data", patients=40).parent / "manifest.csv"
+    shards = tmp_path / "shards2"
+    shard_manifest(ShardOptions(manifest=manifest, out=shards, folds=2, progress=False))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--shards", str(shards), "--out", str(out),
+            *[item for setting in ("folds=2", "data.image_size=64", "data.batch_size=8", f"train.epochs={EPOCHS}",
+                                   "ray.max_concurrent_folds=1", "wandb.mode=off") for item in ("--set", setting)]]
+
+    first = _hnp_process(argv, private_env, tmp_path / "train1.log")
+    try:
+        _wait_for(lambda: _epochs_done(out, 0) >= 1, first, "fold0's epoch-1 checkpoint")
+        workers = _train_workers(first.pid)
+        assert len(workers) == 1, [_cmdline(pid) for pid in _children(first.pid)]
+        killed_at = _epochs_done(out, 0)
+        os.kill(workers[0], signal.SIGKILL)  # mid-epoch 2 of fold0
+        _wait_for(lambda: (out / "fold0" / "best.pt").is_file() and _epochs_done(out, 1) >= 1, first,
+                  "fold0 finished and fold1's first checkpoint", timeout=300)
+        _kill_tree(first)
+    finally:
+        if first.poll() is None:
+            _kill_tree(first)
+    log = (tmp_path / "train1.log").read_text(errors="replace")
+    assert killed_at < EPOCHS and first.returncode == -signal.SIGKILL, log[-3000:]
+    fold0 = pd.read_csv(out / "fold0" / "history.csv")
+    assert fold0["epoch"].tolist() == list(range(1, EPOCHS + 1)), log[-3000:]  # each epoch once, none lost
+    assert "resuming after epoch" in log  # the restarted worker group restored a checkpoint, it did not restart
+    assert not (out / "fold1" / "best.pt").exists()
+    fold0_files = {name: _digest(out / "fold0" / name) for name in ("best.pt", "history.csv")}
+
+    second = _hnp_process(argv, private_env, tmp_path / "train2.log")
+    try:
+        assert second.wait(timeout=400) == 0, (tmp_path / "train2.log").read_text(errors="replace")[-3000:]
+    finally:
+        if second.poll() is None:
+            _kill_tree(second)
+    log = (tmp_path / "train2.log").read_text(errors="replace")
+    assert "fold0: already finished" in log
+    assert {name: _digest(out / "fold0" / name) for name in fold0_files} == fold0_files  # not retrained
+    fold1 = pd.read_csv(out / "fold1" / "history.csv")
+    assert fold1["epoch"].tolist() == list(range(1, EPOCHS + 1))
