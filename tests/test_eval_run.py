@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import cv2
@@ -240,7 +241,13 @@ def test_test_metrics_go_to_the_experiment_wandb_group(tmp_path: Path, monkeypat
     log_metrics_to_wandb(cfg, table, tmp_path)
     files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    # wandb 0.31's service writes the offline file after finish() returns: wait for the closing exit record
+    deadline = time.monotonic() + 30
     records = read_wandb_records(files[0])
+    while not any(record.HasField("exit") for record in records):
+        assert time.monotonic() < deadline, "the offline run file was not completed within 30 s"
+        time.sleep(0.2)
+        records = read_wandb_records(files[0])
     run = next(record.run for record in records if record.HasField("run"))
     assert (run.run_group, run.display_name) == ("wbeval", "wbeval-eval")
     keys = {item.key or "/".join(item.nested_key) for record in records if record.HasField("history")
