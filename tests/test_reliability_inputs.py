@@ -326,3 +326,18 @@ def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, 
                               overrides=["wandb.mode=off"], address=None)
     with pytest.raises(HnpError, match="fold2"):
         train_cli.run(args)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_eval_and_predict_name_a_corrupt_checkpoint(eval_world: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture, damage: str) -> None:
+    run = _copy_without(eval_world["run"], tmp_path / "run", "none")
+    best = run / "fold2" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000] if damage == "truncated" else b"not a checkpoint")
+    image = next((eval_world["folder"] / "phantom" / "images").rglob("*.jpg"))
+    assert main(["eval", "--run", str(run), "--shards", str(eval_world["shards"]), "--out", str(tmp_path / "r"),
+                 "--gradcam-top", "0", "--no-wandb"]) == 2
+    assert f"hnp eval: error: {best}: not a readable checkpoint" in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), str(image)]) == 2
+    assert f"hnp predict: error: {best}: not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()
