@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -24,21 +23,20 @@ from eval import bagging
 from eval.gradcam import GradCAM, export_gradcam
 from eval.run_eval import eval_data_config, gradcam_targets, load_folds, read_oof, resolve_device
 from hnp.errors import HnpError
-from hnp.jpeg import JpegError, inspect_jpeg_file
 from hnp.schema import AGE_RANGE
+from pipeline.transforms import decode_gray
 from train.model import outputs_to_predictions
 
 
 def read_radiograph(path: Path) -> np.ndarray:
     """Decode one JPEG to uint8 gray (H, W); a missing, non-JPEG or broken file is an error naming it."""
     try:
-        inspect_jpeg_file(path)
-    except JpegError as err:
-        raise HnpError(f"{path}: {err}") from None
-    gray = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if gray is None:
-        raise HnpError(f"{path}: the JPEG does not decode")
-    return gray
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HnpError(f"{path}: file not found") from None
+    except OSError as err:
+        raise HnpError(f"{path}: unreadable: {err.strerror or err}") from None
+    return decode_gray(data, where=str(path))
 
 
 @torch.no_grad()

@@ -170,7 +170,11 @@ def test_predict_writes_gradcam(world: dict[str, Path], tmp_path: Path, capsys: 
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not a JPEG: a PNG file"), (b"", "empty file"), (None, "file not found")],
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "undecodable image: not a JPEG: a PNG file"),
+        (b"", "undecodable image: empty file"),
+        (None, "file not found"),
+    ],
 )
 def test_predict_names_a_bad_file(world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
                                   content: bytes | None, reason: str) -> None:
