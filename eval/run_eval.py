@@ -65,6 +65,10 @@ def load_folds(run_dir: Path) -> list[FoldCheckpoint]:
         raise HnpError(f"{missing[0]}: missing; evaluate after every fold has finished (or remove the folder)")
     folds = [load_checkpoint(p / "best.pt") for p in fold_dirs]
     first = folds[0]
+    absent = sorted(set(range(first.config.folds)) - {fold.fold for fold in folds})
+    if absent:  # bagging fewer models than the run trained would change the result without a word
+        raise HnpError(f"{run_dir}: the run has {first.config.folds} folds but "
+                       f"{', '.join(f'fold{k}' for k in absent)}/best.pt is missing")
     for fold in folds[1:]:
         if fold.config.model.task != first.config.model.task:
             raise HnpError(f"{run_dir}: fold {fold.fold} has task {fold.config.model.task}, "

@@ -297,9 +297,6 @@ def test_eval_without_a_fold_the_default_rule_needs_still_works(eval_world: dict
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["folds"] == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="hnp eval bags the folds it finds: a run folder missing fold2/ is evaluated "
-                                       "with 3 folds, silently (eval/run_eval.py load_folds does not compare with "
-                                       "the config's folds)")
 def test_eval_refuses_a_run_folder_missing_a_fold(eval_world: dict[str, Path], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     run = _copy_without(eval_world["run"], tmp_path / "run", "fold2")
@@ -309,9 +306,6 @@ def test_eval_refuses_a_run_folder_missing_a_fold(eval_world: dict[str, Path], t
     assert "fold2" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="hnp train checks only that dataset.json exists, then starts Ray; each fold's "
-                                       "workers then fail (and are retried ray.max_failures times) on the missing "
-                                       "fold2 tars. train/cli.py should call split_shards on every split first.")
 def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import train.ray_folds

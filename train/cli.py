@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out_dir = args.out or Path("runs") / cfg.name
-    if not (args.shards / "dataset.json").is_file():
-        raise HnpError(f"{args.shards}: no dataset.json; is this a shard folder written by `hnp shard`?")
+    _check_shards(args.shards, cfg.folds)
     _check_same_experiment(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
@@ -50,6 +49,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     log.info("all %d folds finished in %s", len(outcomes), out_dir)
     return 0
+
+
+def _check_shards(shards: Path, folds: int) -> None:
+    """Every fold's tars must be there before Ray starts: a missing one would fail each fold's workers, retried."""
+    from pipeline.dataset import split_shards
+
+    if not (shards / "dataset.json").is_file():
+        raise HnpError(f"{shards}: no dataset.json; is this a shard folder written by `hnp shard`?")
+    split_shards(shards, [f"fold{k}" for k in range(folds)])
 
 
 # What a relaunch may change without invalidating finished epochs: their number, placement and logging.
