@@ -162,7 +162,7 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
+        _ray_init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
         return True
     # A local Ray: the workers import this repository's packages from its root, installed or not.
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -170,9 +170,22 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     # side by side (time-shared) instead of leaving the last ones waiting forever for a free CPU.
     fold_cpus = cfg.ray.workers_per_fold * cfg.ray.cpus_per_worker + TRIAL_CPU
     wanted = math.ceil(min(cfg.folds, cfg.ray.max_concurrent_folds) * fold_cpus)
-    ray.init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, wanted),
-             runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    _ray_init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, wanted),
+              runtime_env={"env_vars": {"PYTHONPATH": python_path}})
     return True
+
+
+def _ray_init(**kwargs: object) -> None:
+    """`ray.init`, with its failures (a cluster out of reach, a local start timed out) worded for the user."""
+    import ray
+
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # Ray raises bare Exception, ConnectionError or RuntimeError here
+        address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
+        where = f"the Ray cluster at {address}" if "address" in kwargs else "a local Ray"
+        raise HnpError(f"could not start or join {where}: {err}. On a busy machine, run it again; "
+                       "to use a cluster, pass --address or set RAY_ADDRESS") from err
 
 
 def _run_trials(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
