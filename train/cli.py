@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out_dir = args.out or Path("runs") / cfg.name
-    _check_shards(args.shards, cfg.folds)
+    if not (args.shards / "dataset.json").is_file():
+        raise HnpError(f"{args.shards}: no dataset.json; is this a shard folder written by `hnp shard`?")
     _check_same_experiment(cfg, out_dir)
+    _check_fold_shards(args.shards, cfg.folds)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     outcomes = train_folds(cfg, args.shards, out_dir, address=args.address)
@@ -51,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_shards(shards: Path, folds: int) -> None:
+def _check_fold_shards(shards: Path, folds: int) -> None:
     """Every fold's tars must be there before Ray starts: a missing one would fail each fold's workers, retried."""
     from pipeline.dataset import split_shards
 
-    if not (shards / "dataset.json").is_file():
-        raise HnpError(f"{shards}: no dataset.json; is this a shard folder written by `hnp shard`?")
     split_shards(shards, [f"fold{k}" for k in range(folds)])
 
 
