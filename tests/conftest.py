@@ -51,6 +51,11 @@ def write_manifest(folder: Path, patients: int = 40, images_per_patient: int = 2
                          **dict(zip(LEVEL_COLUMNS, labels.tolist(), strict=True)),
                          "view": ("AP", "LAT")[image % 2], "sex": ("F", "M")[patient % 2],
                          "study_id": f"ST-{patient:05d}"})
+    return save_rows(folder, rows, name)
+
+
+def save_rows(folder: Path, rows: list[dict], name: str = "manifest.csv") -> Path:
+    """Write manifest rows as `folder/name`, Parquet or CSV by the name's suffix."""
     path = folder / name
     table = pd.DataFrame(rows)
     if name.endswith(".parquet"):

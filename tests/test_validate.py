@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import save_rows
 
 from hnp import cli
 from hnp.errors import HnpError
@@ -52,23 +53,13 @@ def _good_rows(folder: Path) -> list[dict]:
     return rows
 
 
-def _write(folder: Path, rows: list[dict], name: str = "manifest.csv") -> Path:
-    path = folder / name
-    table = pd.DataFrame(rows)
-    if name.endswith(".csv"):
-        table.to_csv(path, index=False)
-    else:
-        table.to_parquet(path, index=False)
-    return path
-
-
 def _assert_no_phi(check: ManifestCheck) -> None:
     texts = [str(p) for p in check.problems] + [check.summary(), *check.exclusions.values()]
     assert not [t for t in texts if "PHI-SECRET" in t]
 
 
 def test_good_manifest_has_no_problems_and_typed_columns(tmp_path: Path) -> None:
-    check = validate_manifest(_write(tmp_path, _good_rows(tmp_path)))
+    check = validate_manifest(save_rows(tmp_path, _good_rows(tmp_path)))
     assert check.problems == [] and check.exclusions == {}
     assert check.table["L4_5"].dtype == "int64"
     assert check.table["image_file"][0] == str((tmp_path / "img" / f"{PATIENTS[0]}_0.jpg").resolve())
@@ -76,7 +67,7 @@ def test_good_manifest_has_no_problems_and_typed_columns(tmp_path: Path) -> None
 
 
 def test_summary_counts_patients_views_and_prevalence(tmp_path: Path) -> None:
-    summary = validate_manifest(_write(tmp_path, _good_rows(tmp_path))).summary()
+    summary = validate_manifest(save_rows(tmp_path, _good_rows(tmp_path))).summary()
     assert "8 rows, 0 excluded, 8 kept" in summary
     assert "train: 6 images of 3 patients" in summary and "test: 2 images of 1 patients" in summary
     assert "views: AP 4, LAT 4" in summary
@@ -137,7 +128,7 @@ def test_each_bad_row_is_named_by_row_and_column(tmp_path: Path, edits: dict, ex
     rows = _good_rows(tmp_path)
     for row, values in edits.items():
         rows[row].update(values)
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert [(p.row, p.column, p.excludable) for p in check.problems] == [expected]
     problem = check.problems[0]
     assert text in problem.reason
@@ -162,7 +153,7 @@ def test_what_is_allowed_and_what_is_only_excluded(tmp_path: Path, edits: dict, 
     rows = _good_rows(tmp_path)
     for row, values in edits.items():
         rows[row].update(values)
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert check.errors == []
     assert list(check.exclusions) == ([] if excluded is None else [excluded])
 
@@ -172,7 +163,7 @@ def test_without_study_id_labels_must_agree_per_patient(tmp_path: Path) -> None:
     for row in rows:
         del row["study_id"]
     rows[1]["L4_5"] = 0
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert [(p.row, p.column) for p in check.problems] == [(1, "L4_5")]
     assert "of the same patient" in check.problems[0].reason
 
@@ -183,7 +174,7 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
         for row, values in edits.items():
             rows[row].update(values)
     rows[0]["age"] = "old"
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert len(check.problems) >= 10
     assert (0, "age") in {(p.row, p.column) for p in check.problems}
     assert [p.row for p in check.problems] == sorted(p.row for p in check.problems)
@@ -193,7 +184,7 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
 def test_patient_id_inside_a_quoted_value_is_redacted(tmp_path: Path) -> None:
     rows = _good_rows(tmp_path)
     rows[0]["image_path"] = f"img/{PATIENTS[0]}_missing.jpg"
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert check.problems[0].reason == "image 'img/<patient_id>_missing.jpg': file not found"
 
 
@@ -203,7 +194,7 @@ def test_patient_id_inside_a_quoted_value_is_redacted(tmp_path: Path) -> None:
 )
 def test_misspelled_column_gets_a_suggestion(tmp_path: Path, column: str, misspelled: str) -> None:
     rows = [{(misspelled if k == column else k): v for k, v in row.items()} for row in _good_rows(tmp_path)]
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     missing = [p for p in check.errors if p.row is None]
     assert [(p.column, p.kind) for p in missing] == [(column, "missing column")]
     assert f"the manifest has {misspelled!r}, did you mean {column}?" in missing[0].reason
@@ -215,7 +206,7 @@ def test_missing_columns_without_lookalike_and_misspelled_optional_column(tmp_pa
         {k: v for k, v in row.items() if k not in ("age", "split", "view")} | {"veiw": "AP"}
         for row in _good_rows(tmp_path)
     ]
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert [(p.row, p.column) for p in check.problems] == [(None, "split"), (None, "age")]
     assert "did you mean" not in check.problems[0].reason
     assert check.ignored_columns == {"veiw": " (did you mean view?)"}
@@ -232,7 +223,7 @@ def test_empty_manifest_is_an_error(tmp_path: Path) -> None:
 
 def test_no_test_rows_is_a_warning_not_an_error(tmp_path: Path) -> None:
     rows = [row for row in _good_rows(tmp_path) if row["split"] == "train"]
-    check = validate_manifest(_write(tmp_path, rows))
+    check = validate_manifest(save_rows(tmp_path, rows))
     assert check.errors == []
     assert "warning: no test rows; the test set will be empty" in check.summary()
 
@@ -240,7 +231,7 @@ def test_no_test_rows_is_a_warning_not_an_error(tmp_path: Path) -> None:
 def test_csv_and_parquet_read_the_same(tmp_path: Path) -> None:
     rows = _good_rows(tmp_path)
     rows[4]["mri_date"] = "2021-01-01"
-    from_csv, from_parquet = (validate_manifest(_write(tmp_path, rows, name)) for name in ("m.csv", "m.parquet"))
+    from_csv, from_parquet = (validate_manifest(save_rows(tmp_path, rows, name)) for name in ("m.csv", "m.parquet"))
     assert from_parquet.exclusions == from_csv.exclusions == {4: "X-ray and MRI 366 days apart (more than 90)"}
     assert str(from_parquet.problems[0]).startswith("row 4 of m.parquet, column mri_date:")
     pd.testing.assert_frame_equal(read_manifest(tmp_path / "m.csv"), read_manifest(tmp_path / "m.parquet"))
@@ -260,7 +251,7 @@ def test_csv_line_numbers_follow_quoted_newlines_and_blank_lines(tmp_path: Path)
     rows = _good_rows(tmp_path)
     rows[1]["sex"] = "F\nsee note"
     rows[3]["age"] = 200
-    path = _write(tmp_path, rows)
+    path = save_rows(tmp_path, rows)
     lines = path.read_text().splitlines()
     path.write_text("\n".join([*lines[:2], "", *lines[2:]]) + "\n")  # pandas skips the blank line 3
     check = validate_manifest(path)
@@ -292,7 +283,7 @@ def test_images_checked_in_parallel_give_the_same_answer(tmp_path: Path) -> None
     rows = _good_rows(tmp_path)
     rows[0]["image_path"] = "img/truncated.jpg"
     rows[5]["image_path"] = "img/gone.jpg"
-    path = _write(tmp_path, rows)
+    path = save_rows(tmp_path, rows)
     assert validate_manifest(path, workers=3).exclusions == validate_manifest(path, workers=1).exclusions
     assert list(validate_manifest(path, workers=3).exclusions) == [0, 5]
     assert validate_manifest(path, check_images=False).problems == []
@@ -309,11 +300,11 @@ def test_cli_exit_status_and_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], hnp_validate: Callable[[list[str]], int]
 ) -> None:
     rows = _good_rows(tmp_path)
-    good = _write(tmp_path, rows, "good.csv")
+    good = save_rows(tmp_path, rows, "good.csv")
     rows[6]["mri_date"] = "2021-01-01"
-    excluded_only = _write(tmp_path, rows, "excluded.csv")
+    excluded_only = save_rows(tmp_path, rows, "excluded.csv")
     rows[1]["age"], rows[2]["L1_2"], rows[3]["split"] = "abc", 3, "val"
-    bad = _write(tmp_path, rows, "bad.csv")
+    bad = save_rows(tmp_path, rows, "bad.csv")
 
     assert hnp_validate([str(good)]) == 0
     assert "train: 6 images of 3 patients" in capsys.readouterr().out
@@ -331,7 +322,7 @@ def test_cli_caps_the_list_and_writes_every_problem_to_csv(
     rows = _good_rows(tmp_path)
     for row in rows:
         row["age"] = 5
-    path = _write(tmp_path, rows)
+    path = save_rows(tmp_path, rows)
     assert hnp_validate([str(path), "--show", "3"]) == 1
     out = capsys.readouterr().out
     assert out.count("is outside 18-120") == 3
