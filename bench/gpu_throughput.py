@@ -13,9 +13,10 @@ fit, from the longest measured cost of its kind):
                normalize) over phantom shards of radiograph-sized JPEGs (--source-size, default 2000x1600)
     (c) ours+dali  train_one_epoch fed by that pipeline
     (e) eval   train.loop.evaluate (validation forward) on synthetic tensors
-for bf16 / fp16, channels_last / NCHW, eager / torch.compile, plus a DALI thread sweep and the bare step with
-cudnn.benchmark. (b) and (c) of one variant use the same trainer. Derived: (c)/(a) (target >= 0.95), and the
-wall time of a paper-scale fold epoch and of the whole 4-fold run on 1 and 4 GPUs next to Kim et al. 2022.
+for bf16 / fp16, channels_last / NCHW, eager / torch.compile, plus a DALI thread sweep, (c) at 8 and 16 DALI
+threads, and the bare step with cudnn.benchmark. (b) and (c) of one variant use the same trainer. Derived: (c)/(a)
+(target >= 0.95), and the wall time of a paper-scale fold epoch and of the whole 4-fold run on 1 and 4 GPUs next to
+Kim et al. 2022.
 
 Writes OUT/gpu_throughput.json and OUT/gpu_throughput.md. Phantom data go to --data-dir (reused when present).
 """
@@ -64,6 +65,7 @@ TIMM_3090_IMAGES_PER_S = 114
 TARGET_RATIO = 0.95
 TRAIN_SPLITS = ("fold1", "fold2", "fold3")  # fold 0's training data
 DALI_THREAD_SWEEP = (2, 8, 16)  # DALI CPU threads tried besides the config's (data.num_threads)
+FED_THREADS = (8, 16)  # (c) again with more DALI threads: does the fed step still wait on the decode's CPU side?
 # First guesses of a measurement's cost in seconds, replaced by the longest measured cost of its kind.
 FIRST_COST = {"step": 40.0, "compile": 180.0, "dali": 20.0, "data": 90.0, "eval": 20.0}
 
@@ -159,6 +161,7 @@ def plan(args: argparse.Namespace) -> list[Task]:
     compiled = [] if args.no_compile else [replace(v, compile=True) for v in (head, *others)]
     tasks += [Task(kind, v) for v in others for kind in ("bare", "ours")]
     tasks += [Task("dali", threads=n) for n in DALI_THREAD_SWEEP]
+    tasks += [Task("ours+dali", head, threads=n) for n in FED_THREADS]
     tasks += [Task(kind, v) for v in compiled[:1] for kind in ("ours", "ours+dali", "bare")]
     tasks += [Task("ours+dali", v) for v in others]
     tasks.append(Task("bare", head, cudnn_benchmark=True))
