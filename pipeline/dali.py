@@ -228,7 +228,12 @@ class DaliLoader:
         else:
             image = torch.from_numpy(np.asarray(dense))  # a view of DALI's buffer: normalize_batch copies
         # np.array copies: DALI reuses its output buffers on later runs
-        vector = torch.from_numpy(np.array(labels.as_tensor())[:size]).to(self._device)  # (N, 7) LABEL_VECTOR
+        vector = torch.from_numpy(np.array(labels.as_tensor())[:size])  # (N, 7) LABEL_VECTOR
+        if self._device.type == "cuda":
+            # A copy from pageable memory makes the host wait until the GPU has drained its queue, once per batch
+            # (measured on an H100: our step fed by DALI at 0.91-0.97 of the same step on synthetic batches).
+            vector = vector.pin_memory()
+        vector = vector.to(self._device, non_blocking=True)
         keys = [sample_key(labels[i].source_info()) for i in range(size)]
         return {"image": normalize_batch(image[:size, :, :, 0], self._cfg), "labels": vector[:, :5],
                 "any": vector[:, 5], "age": vector[:, 6], "key": keys}
