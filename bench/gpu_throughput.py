@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timm_step import bare_steps, synthetic_batch, timed  # noqa: E402
 from hnp.config import ExperimentConfig, load_config  # noqa: E402
-from train.loop import FoldContext, Trainer, autocast, build_trainer, evaluate, train_one_epoch  # noqa: E402
+from train.loop import FoldContext, Trainer, build_trainer, evaluate, train_one_epoch  # noqa: E402
 
 log = logging.getLogger("hnp.bench")
 
@@ -202,61 +203,6 @@ class Take:
                     return
             if taken == before:
                 raise RuntimeError("the loader yielded no batch")
-
-
-def synthetic_batch(cfg: ExperimentConfig, device: torch.device) -> dict[str, Any]:
-    """One batch in pipeline.build_loader's format: normal noise images, random labels, on the device."""
-    n, size = cfg.data.batch_size, cfg.data.image_size
-    generator = torch.Generator().manual_seed(0)
-    labels = (torch.rand(n, 5, generator=generator) < 0.3).float()
-    return {"image": torch.randn(n, cfg.data.channels, size, size, generator=generator).to(device),
-            "labels": labels.to(device), "any": labels.amax(dim=1).to(device),
-            "age": torch.full((n,), 50.0, device=device), "key": [f"s{i}" for i in range(n)]}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(run_steps: Callable[[int], None], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds of `run_steps(steps)` after `run_steps(warmup)`, the device drained before and after."""
-    run_steps(warmup)
-    sync(device)
-    start = time.perf_counter()
-    run_steps(steps)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def bare_step_seconds(cfg: ExperimentConfig, variant: Variant, steps: int, warmup: int,
-                      device: torch.device) -> float:
-    """(a): timm model, BCE-with-logits, Adam, and nothing else: no task head logic, no scheduler."""
-    import timm
-
-    torch.manual_seed(cfg.train.seed)
-    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=5, in_chans=cfg.data.channels,
-                              drop_rate=cfg.model.drop_rate).to(device, memory_format=memory_format).train()
-    if variant.compile:
-        torch._dynamo.reset()  # a fresh cache per compiled model: no recompile limit hit, no stale guards
-    forward = torch.compile(model) if variant.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == "fp16")
-    batch = synthetic_batch(cfg, device)
-    images = batch["image"].contiguous(memory_format=memory_format)
-
-    def run_steps(n: int) -> None:
-        for _ in range(n):
-            with autocast(variant.amp, device):
-                logits = forward(images)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
-    return timed(run_steps, steps, warmup, device)
 
 
 def our_step_seconds(trainer: Trainer, source: Iterable[dict[str, Any]], steps: int, warmup: int) -> float:
@@ -453,7 +399,8 @@ class Bench:
             self._drop_trainer()  # no trainer of another variant in memory: the peak is the bare step's own
             torch.backends.cudnn.benchmark = task.cudnn_benchmark
             try:
-                return bare_step_seconds(cfg, variant, args.steps, self._warmup(variant), self.device)
+                run = bare_steps(cfg, synthetic_batch(cfg, self.device), self.device)
+                return timed(run, args.steps, self._warmup(variant), self.device)
             finally:
                 torch.backends.cudnn.benchmark = False
         if task.kind == "dali":

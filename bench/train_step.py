@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timm_step import bare_steps, synthetic_batch, timed  # noqa: E402
 from hnp.config import ExperimentConfig, load_config  # noqa: E402
-from train.loop import FoldContext, autocast, build_trainer, train_one_epoch  # noqa: E402
+from train.loop import FoldContext, build_trainer, train_one_epoch  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,13 +61,6 @@ class RepeatLoader:
         return (self.batch for _ in range(self.steps))
 
 
-def synthetic_batch(cfg: ExperimentConfig, device: torch.device) -> dict:
-    n, size = cfg.data.batch_size, cfg.data.image_size
-    labels = (torch.rand(n, 5, device=device) < 0.3).float()
-    return {"image": torch.randn(n, cfg.data.channels, size, size, device=device), "labels": labels,
-            "any": labels.amax(dim=1), "age": torch.full((n,), 50.0, device=device), "key": [""] * n}
-
-
 def ours(cfg: ExperimentConfig, batch: dict, steps: int, device: torch.device) -> float:
     """Images/s of train_one_epoch over `steps` batches."""
     trainer = build_trainer(cfg, steps, FoldContext(fold=0, device=device))
@@ -78,39 +71,8 @@ def ours(cfg: ExperimentConfig, batch: dict, steps: int, device: torch.device) -
 
 def bare(cfg: ExperimentConfig, batch: dict, steps: int, device: torch.device) -> float:
     """Images/s of the textbook loop: timm model, BCE-with-logits, Adam, nothing else."""
-    import timm
-
-    torch.manual_seed(cfg.train.seed)
-    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=5, in_chans=cfg.data.channels,
-                              drop_rate=cfg.model.drop_rate).to(device)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    images = batch["image"].contiguous(memory_format=memory_format)
-
-    def step() -> None:
-        with autocast(cfg.train.amp, device):
-            logits = model(images)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(2):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * images.shape[0] / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    seconds = timed(bare_steps(cfg, batch, device), steps, warmup=2, device=device)
+    return steps * batch["image"].shape[0] / seconds
 
 
 def main(args: argparse.Namespace) -> int:

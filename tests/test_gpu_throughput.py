@@ -102,13 +102,14 @@ def test_without_dali_the_pipeline_measurements_say_so(tmp_path: Path, monkeypat
 def test_out_of_memory_halves_the_batch_and_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
 
-    def fake_bare(cfg, variant, steps, warmup, device):  # noqa: ANN001, ANN202 - same call as the real one
+    def fake_bare(cfg, batch, device):  # noqa: ANN001, ANN202 - same call as the real one
         batches.append(cfg.data.batch_size)
         if cfg.data.batch_size > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return 0.5
+        return lambda steps: None
 
-    monkeypatch.setattr(bench, "bare_step_seconds", fake_bare)
+    monkeypatch.setattr(bench, "bare_steps", fake_bare)
+    monkeypatch.setattr(bench, "timed", lambda run, steps, warmup, device: 0.5)
     args = bench.parse_args([*SMOKE, "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
     runner = bench.Bench(args)
     result = runner.run_one(bench.Task("bare", bench.Variant("bf16", True, False)))
@@ -164,10 +165,10 @@ def test_take_cycles_its_source_and_refuses_an_empty_one() -> None:
 
 def test_a_failed_measurement_keeps_its_error_and_the_run_goes_on(tmp_path: Path, shared_data: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_bare(cfg, variant, steps, warmup, device):  # noqa: ANN001, ANN202 - same call as the real one
+    def broken_bare(cfg, batch, device):  # noqa: ANN001, ANN202 - same call as the real one
         raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED | shape (4, 3, 64, 64)")
 
-    monkeypatch.setattr(bench, "bare_step_seconds", broken_bare)
+    monkeypatch.setattr(bench, "bare_steps", broken_bare)
     code, document, text = run_bench(tmp_path, "--quick", data=shared_data)
     results = by_kind(document)
     assert code == 0
