@@ -14,9 +14,10 @@ fit, from the longest measured cost of its kind):
     (c) ours+dali  train_one_epoch fed by that pipeline
     (e) eval   train.loop.evaluate (validation forward) on synthetic tensors
 for bf16 / fp16, channels_last / NCHW, eager / torch.compile, plus a DALI thread sweep, (c) at 8 and 16 DALI
-threads, and the bare step with cudnn.benchmark. (b) and (c) of one variant use the same trainer. Derived: (c)/(a)
-(target >= 0.95), and the wall time of a paper-scale fold epoch and of the whole 4-fold run on 1 and 4 GPUs next to
-Kim et al. 2022.
+threads, (d) and (c) with DALI decoding and preprocessing on the CPU (data.dali_device "cpu", all cores but two:
+the training kernels then have the GPU to themselves), and the bare step with cudnn.benchmark. (b) and (c) of one
+variant use the same trainer. Derived: (c)/(a) (target >= 0.95), and the wall time of a paper-scale fold epoch and
+of the whole 4-fold run on 1 and 4 GPUs next to Kim et al. 2022.
 
 Writes OUT/gpu_throughput.json and OUT/gpu_throughput.md. Phantom data go to --data-dir (reused when present).
 """
@@ -67,6 +68,9 @@ TARGET_RATIO = 0.95
 TRAIN_SPLITS = ("fold1", "fold2", "fold3")  # fold 0's training data
 DALI_THREAD_SWEEP = (2, 8, 16)  # DALI CPU threads tried besides the config's (data.num_threads)
 FED_THREADS = (8, 16)  # (c) again with more DALI threads: does the fed step still wait on the decode's CPU side?
+# DALI threads when it decodes and preprocesses on the CPU (data.dali_device "cpu"): every core but the two that
+# drive the training step and DALI's own executor.
+CPU_PREPROCESS_THREADS = max(1, (os.cpu_count() or 1) - 2)
 # First guesses of a measurement's cost in seconds, replaced by the longest measured cost of its kind.
 FIRST_COST = {"step": 40.0, "compile": 180.0, "dali": 20.0, "data": 90.0, "eval": 20.0}
 
@@ -91,12 +95,14 @@ class Task:
     kind: str  # bare | ours | dali | ours+dali | eval | data
     variant: Variant | None = None
     threads: int | None = None  # DALI threads (dali, ours+dali); None = the config's
+    dali_device: str = "gpu"  # where DALI decodes and preprocesses (data.dali_device)
     cudnn_benchmark: bool = False
 
     @property
     def name(self) -> str:
         parts = [self.kind, self.variant.name if self.variant else ""]
         parts += [f"threads={self.threads}" if self.threads else "", "cudnn.benchmark" if self.cudnn_benchmark else ""]
+        parts.append("preprocessing on the CPU" if self.dali_device == "cpu" else "")
         return " ".join(p for p in parts if p)
 
     @property
@@ -120,6 +126,7 @@ class Result:
     batch: int | None = None
     steps: int | None = None
     threads: int | None = None
+    dali_device: str | None = None  # where DALI decoded and preprocessed (dali, ours+dali)
     peak_allocated_gib: float | None = None  # torch.cuda.max_memory_allocated during the measurement
     device_used_gib: float | None = None  # whole device at the end (torch cache, DALI pools, context)
     seconds: float | None = None  # wall time including build, compile and warm-up
@@ -134,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images per step; halved and retried on out-of-memory (default %(default)s)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="only (a), (b), (d), (c), (e) in bf16 channels_last eager")
+    parser.add_argument("--quick", action="store_true",
+                        help="(a), (b), (d), (c), (e) in bf16 channels_last eager, then (d), (c) with DALI on the CPU")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default %(default)s)")
     parser.add_argument("--time-budget", type=float, default=400.0, metavar="SECONDS",
@@ -156,13 +164,16 @@ def plan(args: argparse.Namespace) -> list[Task]:
     head = Variant("bf16", channels_last=True, compile=False)
     tasks = [Task("bare", head), Task("ours", head), Task("data"), Task("dali"), Task("ours+dali", head),
              Task("eval", head)]
+    cpu_preprocessing = [Task("dali", threads=CPU_PREPROCESS_THREADS, dali_device="cpu"),
+                         Task("ours+dali", head, threads=CPU_PREPROCESS_THREADS, dali_device="cpu")]
     if args.quick:
-        return tasks
+        return tasks + cpu_preprocessing
     others = [Variant(amp, cl, False) for amp, cl in (("bf16", False), ("fp16", True), ("fp16", False))]
     compiled = [] if args.no_compile else [replace(v, compile=True) for v in (head, *others)]
     tasks += [Task(kind, v) for v in others for kind in ("bare", "ours")]
     tasks += [Task("dali", threads=n) for n in DALI_THREAD_SWEEP]
     tasks += [Task("ours+dali", head, threads=n) for n in FED_THREADS]
+    tasks += cpu_preprocessing
     tasks += [Task(kind, v) for v in compiled[:1] for kind in ("ours", "ours+dali", "bare")]
     tasks += [Task("ours+dali", v) for v in others]
     tasks.append(Task("bare", head, cudnn_benchmark=True))
@@ -171,7 +182,7 @@ def plan(args: argparse.Namespace) -> list[Task]:
 
 
 def bench_config(args: argparse.Namespace, variant: Variant | None, batch: int,
-                 threads: int | None = None) -> ExperimentConfig:
+                 threads: int | None = None, dali_device: str = "gpu") -> ExperimentConfig:
     """configs/paper.yaml with the benchmark's model, size, batch and variant; random init (no download)."""
     overrides = [f"model.name={args.model}", 'model.pretrained="none"', f"data.image_size={args.size}",
                  f"data.batch_size={batch}", "train.grad_accum=1", 'wandb.mode="off"']
@@ -180,6 +191,7 @@ def bench_config(args: argparse.Namespace, variant: Variant | None, batch: int,
                       f"train.compile={str(variant.compile).lower()}"]
     if threads is not None:
         overrides.append(f"data.num_threads={threads}")
+    overrides.append(f'data.dali_device="{dali_device}"')
     return load_config(PAPER_CONFIG, overrides)
 
 
@@ -365,9 +377,10 @@ class Bench:
         return None
 
     def _attempt(self, task: Task) -> Result:
-        threads = (task.threads or self.config_threads) if task.kind in ("dali", "ours+dali") else None
+        fed = task.kind in ("dali", "ours+dali")
+        threads = (task.threads or self.config_threads) if fed else None
         result = Result(task.name, task.kind, _variant_name(task), "ok", batch=self.batch, steps=self.args.steps,
-                        threads=threads)
+                        threads=threads, dali_device=task.dali_device if fed else None)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
@@ -394,7 +407,7 @@ class Bench:
             self._data_job = None
             self.shards = split_shards(shards_dir, TRAIN_SPLITS)
             return None
-        cfg = bench_config(args, variant, self.batch, task.threads)
+        cfg = bench_config(args, variant, self.batch, task.threads, task.dali_device)
         if task.kind == "bare":
             self._drop_trainer()  # no trainer of another variant in memory: the peak is the bare step's own
             torch.backends.cudnn.benchmark = task.cudnn_benchmark
@@ -428,7 +441,7 @@ class Bench:
     def _dali_loader(self, cfg: ExperimentConfig) -> Any:
         from pipeline.loader import build_loader
 
-        key = (cfg.data.batch_size, cfg.data.num_threads)
+        key = (cfg.data.batch_size, cfg.data.num_threads, cfg.data.dali_device)
         if self._loader is None or self._loader[0] != key:
             self._loader = None
             self._loader = (key, build_loader(cfg.data, self.shards, training=True, seed=0, device=self.device))
@@ -582,6 +595,7 @@ def markdown(document: dict[str, Any]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in document["results"]:
         extra = f"threads={r['threads']}" if r["threads"] else ""
+        extra += ", preprocessing on the CPU" if r.get("dali_device") == "cpu" else ""
         note = "; ".join(x for x in (extra, r["status"] if r["status"] != "ok" else "", r["note"]) if x)
         note = note.replace("|", "\\|")  # error texts may hold table separators
         lines.append(f"| {LABELS[r['kind']]} | {r['variant'] or ''} | {_num(r['images_per_s'])} | "

@@ -47,6 +47,10 @@ class DataConfig:
     loader: str = "dali"  # "dali" or "torch" (webdataset + OpenCV)
     batch_size: int = 16
     num_threads: int = 4  # DALI CPU threads, or torch DataLoader workers
+    # Where DALI decodes and preprocesses when training on a GPU: "gpu" (nvJPEG "mixed" decode, CLAHE and resize on
+    # the GPU) or "cpu" (on num_threads CPU threads, so only the model-size batch goes to the GPU and the training
+    # kernels have the GPU to themselves). Without a GPU, DALI runs on the CPU either way.
+    dali_device: str = "gpu"
     shuffle_buffer: int = 2048
     # Normalization in [0, 1] units, per channel; ImageNet's by default (pretrained stems). One channel uses the
     # average of three values.
@@ -57,6 +61,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.resize", self.resize, ("stretch", "pad"))
         _check_choice("data.loader", self.loader, ("dali", "torch"))
+        _check_choice("data.dali_device", self.dali_device, ("gpu", "cpu"))
         _check_choice("data.channels", self.channels, (1, 3))
         _check_positive("data.image_size", self.image_size)
         _check_positive("data.batch_size", self.batch_size)

@@ -38,6 +38,7 @@ def test_overrides_parse_yaml_values_and_nest() -> None:
         (["train.epochs=many"], "train.epochs: expected an integer"),
         (["optim.lr=fast"], "optim.lr: expected a number"),
         (["model.task=segmentation"], "model.task: 'segmentation' is not one of any, levels, levels_age"),
+        (["data.dali_device=tpu"], "data.dali_device: 'tpu' is not one of gpu, cpu"),
         (["data.clahe=maybe"], "data.clahe: expected true or false"),
         (["model.pos_weight=[1,2]"], "model.pos_weight: expected 5 values"),
         (["optim.lr"], "expected key=value"),

@@ -35,23 +35,28 @@ def run_bench(tmp_path: Path, *extra: str, data: Path | None = None) -> tuple[in
     return code, document, (tmp_path / "out" / "gpu_throughput.md").read_text()
 
 
-def by_kind(document: dict) -> dict[str, dict]:
-    return {r["kind"]: r for r in document["results"]}
+def by_kind(results: list[dict]) -> dict[str, dict]:
+    return {r["kind"]: r for r in results}
 
 
 def test_quick_cpu_run_measures_every_stage_and_writes_the_report(tmp_path: Path, shared_data: Path) -> None:
     code, document, text = run_bench(tmp_path, "--quick", data=shared_data)
     assert code == 0
-    results = by_kind(document)
-    assert list(results) == ["bare", "ours", "data", "dali", "ours+dali", "eval"]
-    assert all(r["status"] == "ok" for r in results.values()), document["results"]
-    for kind in ("bare", "ours", "dali", "ours+dali", "eval"):
-        assert results[kind]["images_per_s"] > 0 and results[kind]["batch"] == 4
+    assert [r["kind"] for r in document["results"]] == ["bare", "ours", "data", "dali", "ours+dali", "eval",
+                                                        "dali", "ours+dali"]
+    assert all(r["status"] == "ok" for r in document["results"]), document["results"]
+    results, on_cpu = by_kind(document["results"][:6]), document["results"][6:]
+    for r in [*on_cpu, *(results[kind] for kind in ("bare", "ours", "dali", "ours+dali", "eval"))]:
+        assert r["images_per_s"] > 0 and r["batch"] == 4
     assert results["dali"]["threads"] == bench.load_config(bench.PAPER_CONFIG).data.num_threads
+    assert results["dali"]["dali_device"] == "gpu" and results["bare"]["dali_device"] is None
+    assert [(r["dali_device"], r["threads"]) for r in on_cpu] == [("cpu", bench.CPU_PREPROCESS_THREADS)] * 2
+    assert "preprocessing on the CPU" in text
     shards = json.loads((shared_data / "shards" / "dataset.json").read_text())
     assert {"fold1", "fold2", "fold3"} <= set(shards["splits"])
     ratio = document["derived"]["ratios"]["bf16-cl-eager"]["ours+dali/bare"]
-    assert ratio == pytest.approx(results["ours+dali"]["images_per_s"] / results["bare"]["images_per_s"])
+    fastest_fed = max(r["images_per_s"] for r in document["results"] if r["kind"] == "ours+dali")
+    assert ratio == pytest.approx(fastest_fed / results["bare"]["images_per_s"])  # the best way to feed the step
     assert document["derived"]["paper_scale"]["from"].startswith("ours+dali bf16-cl-eager")
     for label in bench.LABELS.values():
         assert label in text
@@ -78,7 +83,7 @@ def test_rerun_reuses_the_phantom_shards(tmp_path: Path) -> None:
 def test_time_budget_skips_what_does_not_fit_and_still_reports(tmp_path: Path) -> None:
     code, document, text = run_bench(tmp_path, "--quick", "--time-budget", "0")
     assert code == 1
-    assert [r["status"] for r in document["results"]] == ["skipped"] * 6
+    assert [r["status"] for r in document["results"]] == ["skipped"] * 8
     notes = {r["kind"]: r["note"] for r in document["results"]}
     for kind in ("bare", "ours", "data", "eval"):
         assert "would not fit in --time-budget" in notes[kind]
@@ -90,7 +95,7 @@ def test_time_budget_skips_what_does_not_fit_and_still_reports(tmp_path: Path) -
 def test_without_dali_the_pipeline_measurements_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # makes `import nvidia.dali` fail
     code, document, _ = run_bench(tmp_path, "--quick")
-    results = by_kind(document)
+    results = by_kind(document["results"])
     assert code == 0
     for kind in ("data", "dali", "ours+dali"):
         assert results[kind]["status"] == "skipped" and results[kind]["note"].startswith("DALI not installed")
@@ -131,7 +136,10 @@ def test_plan_puts_the_headline_first_and_compilation_late() -> None:
     assert all(not t.variant.compile for t in tasks[:first_compiled] if t.variant)
     eager_only = bench.plan(bench.parse_args(["--out", "x", "--no-compile"]))
     assert not any(t.variant and t.variant.compile for t in eager_only)
-    assert len(bench.plan(bench.parse_args(["--out", "x", "--quick"]))) == 6
+    quick = bench.plan(bench.parse_args(["--out", "x", "--quick"]))
+    assert [t.name for t in quick[:6]] == [t.name for t in tasks[:6]]
+    assert [(t.kind, t.dali_device) for t in quick[6:]] == [("dali", "cpu"), ("ours+dali", "cpu")]
+    assert sum(t.dali_device == "cpu" for t in tasks) == 2
 
 
 def ok_result(kind: str, images_per_s: float, variant: str | None = "bf16-cl-eager") -> object:
@@ -170,7 +178,7 @@ def test_a_failed_measurement_keeps_its_error_and_the_run_goes_on(tmp_path: Path
 
     monkeypatch.setattr(bench, "bare_steps", broken_bare)
     code, document, text = run_bench(tmp_path, "--quick", data=shared_data)
-    results = by_kind(document)
+    results = by_kind(document["results"])
     assert code == 0
     assert results["bare"]["status"] == "failed" and results["bare"]["images_per_s"] is None
     assert results["bare"]["note"].startswith("RuntimeError: cuDNN error")
