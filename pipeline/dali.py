@@ -13,7 +13,9 @@ Each rank reads its own contiguous part of the samples (DALI's `shard_id`/`num_s
 `pipeline.dataset.rank_range`).
 
 Epochs: in training the reader streams without end (seeded shuffle buffer; each reader epoch moves every rank on
-to the next rank's part) and an epoch is a fixed number of full batches, equal on all ranks. In evaluation each
+to the next rank's part) and an epoch is a fixed number of full batches, equal on all ranks. `set_epoch(e)` starts
+epoch e's own stream: rank r reads from part (r + e) mod world_size with a shuffle and jitter seeded by (seed, r,
+e), so a fold resumed at epoch e sees the batches an uninterrupted run would have seen. In evaluation each
 rank's reader sticks to its part and pads it to whole batches; the padding is cut off here, so every sample is
 yielded exactly once across ranks.
 """
@@ -48,26 +50,27 @@ READER_NAME = "reader"
 
 
 def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int, world_size: int,
-                        seed: int, device_id: int | None) -> Pipeline:
+                        seed: int, device_id: int | None, epoch: int = 0) -> Pipeline:
     """An unbuilt DALI pipeline whose outputs are (images uint8 (N, S, S, 1), labels float32 (N, 7)).
 
     Args:
         cfg: the data section of the config.
         shards: tar paths, each with its `.idx` beside it.
         training: shuffle, stream and apply `cfg.augment`; otherwise read in order, each sample once.
-        rank: this process's rank: the reader's `shard_id`.
+        rank: this process's rank.
         world_size: number of ranks: the reader's `num_shards`.
-        seed: run seed; combined with the rank so ranks draw different shuffles and jitter.
+        seed: run seed; combined with the rank and epoch so ranks and epochs draw different shuffles and jitter.
         device_id: CUDA device for `mixed` decode and GPU operators, or None for a CPU-only pipeline.
+        epoch: the training epoch the stream starts at; rank + epoch is the reader's `shard_id`.
     """
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id,
-                  seed=rank_seed(seed, rank), prefetch_queue_depth=2)
+                  seed=stream_seed(seed, rank, epoch), prefetch_queue_depth=2)
     def hnp_pipeline():  # noqa: ANN202 - DALI graph definition
         jpegs, labels = fn.readers.webdataset(
             paths=[str(shard) for shard in shards], index_paths=[str(index_path(Path(s))) for s in shards],
             ext=[IMAGE_EXT, LABEL_EXT], dtypes=[types.UINT8, types.FLOAT], missing_component_behavior="error",
-            shard_id=rank, num_shards=world_size, name=READER_NAME,
+            shard_id=(rank + epoch) % world_size, num_shards=world_size, name=READER_NAME,
             random_shuffle=training, initial_fill=max(1, cfg.shuffle_buffer),
             stick_to_shard=not training, pad_last_batch=not training)
         on_gpu = device_id is not None and cfg.dali_device == "gpu"
@@ -129,9 +132,9 @@ def _uniform(middle: float, half_width: float) -> Any:
     return fn.random.uniform(range=[middle - half_width, middle + half_width])
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """A distinct, reproducible 31-bit seed per (run seed, rank)."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] & 0x7FFFFFFF)
+def stream_seed(seed: int, rank: int, epoch: int) -> int:
+    """A distinct, reproducible 31-bit seed per (run seed, rank, epoch)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def device_index(device: str | torch.device) -> int | None:
@@ -159,26 +162,39 @@ class DaliLoader:
 
     def __init__(self, cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int = 0,
                  world_size: int = 1, seed: int = 0, device: str | torch.device = "cpu") -> None:
-        samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
-        start, stop = rank_range(len(samples), rank, world_size)
-        # The order the reader goes through the samples: its own part, then (training only) the next ranks'.
-        self._reading_order = samples[start:] + samples[:start] if training else samples[start:stop]
-        self._sizes = batch_sizes(len(samples), stop - start, world_size, cfg.batch_size, training)
+        self._samples = read_samples(shards)  # also refuses truncated tars, naming shard and key
+        start, stop = rank_range(len(self._samples), rank, world_size)
+        self._sizes = batch_sizes(len(self._samples), stop - start, world_size, cfg.batch_size, training)
         self._device = torch.device(device)
         self._cfg = cfg
         self._training = training
+        self._stream = {"shards": shards, "rank": rank, "world_size": world_size, "seed": seed}
         self._runs = 0  # pipeline runs per evaluation pass, padding included
         self._unread = 0  # runs of the current evaluation pass not yet taken from the pipeline
-        self._ran = 0  # successful pipeline runs since the build
         self._pipe: Pipeline | None = None
         if self._sizes:
-            self._pipe = build_dali_pipeline(cfg, shards, training=training, rank=rank, world_size=world_size,
-                                             seed=seed, device_id=device_index(self._device))
-            try:
-                self._pipe.build()
-            except RuntimeError as err:  # configuration or environment (e.g. no CUDA), not a sample
-                raise HnpError(f"could not build the DALI pipeline: {dali_message(str(err))}") from err
+            self._start_stream(epoch=0)
             self._runs = 0 if training else self._padded_runs(cfg.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training: start epoch `epoch`'s own stream (see the module docstring), unless it is the one running."""
+        if self._training and self._pipe is not None and epoch != self._epoch:
+            self._start_stream(epoch)
+
+    def _start_stream(self, epoch: int) -> None:
+        self._pipe = None  # the old pipeline's threads and buffers go before the new ones come
+        pipe = build_dali_pipeline(self._cfg, training=self._training, device_id=device_index(self._device),
+                                   epoch=epoch, **self._stream)
+        try:
+            pipe.build()
+        except RuntimeError as err:  # configuration or environment (e.g. no CUDA), not a sample
+            raise HnpError(f"could not build the DALI pipeline: {dali_message(str(err))}") from err
+        self._pipe, self._epoch, self._ran = pipe, epoch, 0
+        # The order the reader goes through the samples: its own part, then (training only) the next ranks'.
+        rank, world_size = self._stream["rank"], self._stream["world_size"]
+        start, stop = rank_range(len(self._samples), (rank + epoch) % world_size, world_size)
+        samples = self._samples
+        self._reading_order = samples[start:] + samples[:start] if self._training else samples[start:stop]
 
     def _padded_runs(self, batch_size: int) -> int:
         """DALI pads every rank's part to the largest part, then to whole batches; a rank whose part is smaller

@@ -28,6 +28,11 @@ class Loader(Protocol):
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
 
+    def set_epoch(self, epoch: int) -> None:
+        """Training: make the next pass epoch `epoch`, the same batches in any process that asks for that epoch
+        (a resumed fold); without it, each pass goes on from the last. No effect in evaluation."""
+        ...
+
 
 def build_loader(cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int = 0, world_size: int = 1,
                  seed: int = 0, device: Any = "cpu") -> Loader:

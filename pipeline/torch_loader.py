@@ -116,6 +116,10 @@ class TorchLoader:
     def __len__(self) -> int:
         return len(self._batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Training: the next pass is epoch `epoch`, whose order and jitter follow from (seed, epoch)."""
+        self._batches.epoch = epoch
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = iter(self._loader)
         while True:

@@ -133,6 +133,28 @@ def test_training_order_is_shuffled_and_seeded(shards_dir: Path, loader: str) ->
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_an_epoch_is_the_same_in_a_resumed_run(shards_dir: Path, loader: str, world_size: int) -> None:
+    """What a resumed fold relies on: a new loader asked for epoch 2 gives the batches (keys, pixels and jitter) that
+    a loader which ran epoch 1 first gives for its epoch 2, on every rank; and epoch 2 is not epoch 1 again."""
+    shards = split_shards(shards_dir, TRAIN)
+    cfg = small_cfg(loader, augment=AugmentConfig(enabled=True))
+    for rank in range(world_size):
+        args = {"training": True, "seed": 3, "rank": rank, "world_size": world_size}
+        running = build_loader(cfg, shards, **args)
+        running.set_epoch(1)
+        first = list(running)
+        running.set_epoch(2)
+        second = list(running)
+        resumed = build_loader(cfg, shards, **args)
+        resumed.set_epoch(2)
+        again = list(resumed)
+        assert [b["key"] for b in again] == [b["key"] for b in second] != [b["key"] for b in first]
+        for ours, theirs in zip(again, second, strict=True):
+            assert torch.equal(ours["image"], theirs["image"]) and torch.equal(ours["labels"], theirs["labels"])
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize(("channels", "resize"), [(1, "stretch"), (3, "pad")])
 def test_batch_contents_match_the_shards(shards_dir: Path, loader: str, channels: int, resize: str) -> None:
     shards = split_shards(shards_dir, ["test"])
