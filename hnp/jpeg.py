@@ -47,11 +47,14 @@ def inspect_jpeg(data: bytes) -> JpegInfo:
 def inspect_jpeg_file(path: str | Path) -> JpegInfo:
     """`inspect_jpeg` reading only the file's head and tail; a missing or unreadable file raises JpegError too."""
     try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            head = file.read(_HEAD_BYTES)
-            file.seek(max(size - _TAIL_BYTES, 0))
-            tail = file.read()
+        # os-level calls: Python's buffered file objects cost more than the few reads (~15 us a file in all)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, _HEAD_BYTES, 0)
+            tail = os.pread(fd, _TAIL_BYTES, max(size - _TAIL_BYTES, 0))
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise JpegError("file not found") from None
     except OSError as err:
@@ -61,8 +64,9 @@ def inspect_jpeg_file(path: str | Path) -> JpegInfo:
     return _inspect(head, tail, size)
 
 
-# Frame headers sit after the metadata segments, within the first few KB of nearly every radiograph.
-_HEAD_BYTES = 256 * 1024
+# Frame headers sit after the metadata segments, within the first few KB of nearly every radiograph (a file
+# whose frame header lies further is read whole).
+_HEAD_BYTES = 64 * 1024
 _TAIL_BYTES = 64
 
 

@@ -1,18 +1,18 @@
 """Patient-grouped, label-stratified cross-validation folds, and the paper's Table 1 over them.
 
 All radiographs of a patient land in one fold: images of one spine are near-duplicates for the model, and a
-patient split across folds would leak into validation. Within that constraint, scikit-learn's
-StratifiedGroupKFold balances a per-patient class, here the patient's pattern of HNP levels (5 bits, e.g.
-L4-5 + L5-S1), so each fold's per-level prevalence matches the whole training set (Kim et al. 2022, Table 1).
+patient split across folds would leak into validation. Within that constraint the folds are balanced per
+stratum, the patient's pattern of HNP levels (5 bits, e.g. L4-5 + L5-S1): each stratum's images are spread
+evenly over the folds, so each fold's per-level prevalence matches the whole training set (Kim et al. 2022,
+Table 1). The greedy assignment does what scikit-learn's StratifiedGroupKFold does for one class per group, at
+a fraction of the cost: sklearn evaluates a standard deviation over all classes for every patient and fold,
+about 1 s per 40k rows, 5-7 s at the paper's 180k.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
@@ -23,25 +23,35 @@ _RARE = -1  # stratum of label patterns too rare to spread over the folds on the
 def assign_folds(patients: pd.Series, labels: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     """Fold index (0..folds-1) of every row, grouped by patient and stratified by the patient's level pattern.
 
+    Patients are shuffled with the seed, then taken stratum by stratum, largest first, and each goes to the fold
+    holding the fewest images of its stratum (ties: the fewest images in all, then the lowest fold). The result
+    depends on the patients' identifiers, labels and the seed, not on the row order.
+
     Args:
         patients: patient identifier (or pseudonym) per row.
         labels: the 0/1 level columns (LEVEL_COLUMNS), same rows as `patients`.
         folds: number of folds (>= 2).
         seed: shuffles the patients before the balancing, so another seed gives another valid split.
     """
-    n_patients = patients.nunique()
-    if n_patients < folds:
-        raise HnpError(f"{folds} folds need at least {folds} training patients, the manifest has {n_patients}")
-    strata = patient_strata(patients, labels, folds)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    assignment = np.full(len(patients), -1, dtype=np.int64)
-    with warnings.catch_warnings():
-        # patient_strata already merged the classes with fewer patients than folds; what sklearn would still
-        # warn about (a class with fewer *rows* than folds) cannot happen after that merge.
-        warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, rows) in enumerate(splitter.split(np.zeros(len(patients)), strata, groups=patients.to_numpy())):
-            assignment[rows] = fold
-    return assignment
+    names, owner = np.unique(patients.astype(str).to_numpy(), return_inverse=True)
+    if len(names) < folds:
+        raise HnpError(f"{folds} folds need at least {folds} training patients, the manifest has {len(names)}")
+    images = np.bincount(owner, minlength=len(names))
+    stratum = np.empty(len(names), dtype=np.int64)
+    stratum[owner] = patient_strata(patients, labels, folds)  # one stratum per patient: it is theirs per row
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.lexsort((-images[order], stratum[order]))]  # stable: the shuffle breaks ties in size
+    patient_fold = np.empty(len(names), dtype=np.int64)
+    in_stratum: dict[int, list[int]] = {}
+    in_fold = [0] * folds
+    # A plain loop over ~36k patients: each step depends on the counts the previous ones left.
+    for patient, group, size in zip(order.tolist(), stratum[order].tolist(), images[order].tolist(), strict=True):
+        counts = in_stratum.setdefault(group, [0] * folds)
+        fold = min(range(folds), key=lambda k: (counts[k], in_fold[k]))
+        counts[fold] += size
+        in_fold[fold] += size
+        patient_fold[patient] = fold
+    return patient_fold[owner]
 
 
 def patient_strata(patients: pd.Series, labels: pd.DataFrame, folds: int) -> np.ndarray:

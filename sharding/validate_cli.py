@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="threads for the image checks (default: %(default)s)",
+        help="processes for the image checks (default: %(default)s)",
     )
     parser.add_argument(
         "--show", type=int, default=50, metavar="N", help="print at most N problems (default: %(default)s)"

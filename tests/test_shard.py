@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
+import os
 import stat
 import struct
 import tarfile
@@ -20,7 +23,7 @@ from conftest import PATIENT_ID_PREFIX
 from hnp.cli import COMMANDS
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS
-from sharding import shard_cli
+from sharding import shard_cli, shards
 from sharding.build import ShardOptions, shard_manifest
 from sharding.shards import parse_size, ustar_header
 
@@ -206,6 +209,37 @@ def test_two_runs_give_identical_bytes(make_manifest: Callable[..., Path], tmp_p
     first, second = file_hashes(tmp_path / "a"), file_hashes(tmp_path / "b")
     assert first == second
     assert "dataset.json" in first and "progress.jsonl" in first and "fold3/fold3-000000.tar" in first
+
+
+def test_bytes_do_not_depend_on_the_write_buffer_or_direct_io(make_manifest: Callable[..., Path], tmp_path: Path,
+                                                              id_key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = make_manifest(patients=12)
+    shard(manifest, tmp_path / "direct", id_key=id_key)
+    # a buffer of one block, smaller than every image (the buffer grows), and writes through the page cache
+    monkeypatch.setattr(shards, "_BUFFER", shards._ALIGN)
+    monkeypatch.setattr(shards, "_O_DIRECT", 0)
+    shard(manifest, tmp_path / "buffered", id_key=id_key)
+    assert file_hashes(tmp_path / "direct") == file_hashes(tmp_path / "buffered")
+
+
+@pytest.mark.skipif(not getattr(os, "O_DIRECT", 0), reason="O_DIRECT is Linux-only")
+def test_refused_direct_writes_fall_back_to_the_page_cache(make_manifest: Callable[..., Path], tmp_path: Path,
+                                                           id_key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = make_manifest(patients=12)
+    shard(manifest, tmp_path / "direct", id_key=id_key)
+    write, refused = os.write, []
+
+    def refuse_direct(fd: int, data) -> int:  # as a device with blocks larger than 4 KiB does
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return write(fd, data)
+
+    monkeypatch.setattr(shards.os, "write", refuse_direct)
+    shard(manifest, tmp_path / "fallback", id_key=id_key)
+    monkeypatch.undo()
+    assert refused, "the shards were not opened with O_DIRECT"
+    assert file_hashes(tmp_path / "direct") == file_hashes(tmp_path / "fallback")
 
 
 def test_rerun_on_finished_output_keeps_everything(make_manifest: Callable[..., Path], tmp_path: Path) -> None:

@@ -45,6 +45,26 @@ def test_same_seed_same_folds_other_seed_other_folds() -> None:
     assert not np.array_equal(first, assign_folds(patients, labels, 4, 8))
 
 
+def test_folds_do_not_depend_on_the_row_order() -> None:
+    patients, labels = _cohort(300, 1)
+    order = np.random.default_rng(5).permutation(len(patients))
+    shuffled = assign_folds(patients.iloc[order].reset_index(drop=True), labels.iloc[order].reset_index(drop=True),
+                            4, 3)
+    first = pd.Series(assign_folds(patients, labels, 4, 3)).groupby(patients.to_numpy()).first()
+    again = pd.Series(shuffled).groupby(patients.iloc[order].to_numpy()).first()
+    pd.testing.assert_series_equal(first, again)
+
+
+def test_each_stratum_is_spread_evenly_over_the_folds() -> None:
+    patients, labels = _cohort(2000, 4)
+    folds = assign_folds(patients, labels, 4, 0)
+    strata = patient_strata(patients, labels, 4)
+    images = pd.crosstab(strata, folds)  # images per stratum (rows) and fold (columns)
+    # greedy: a fold gets a patient only while it holds the fewest images of that stratum, so the spread stays
+    # within one patient's images (at most 8 in this cohort)
+    assert (images.max(axis=1) - images.min(axis=1)).max() <= 8
+
+
 def test_rare_label_patterns_are_merged_into_splittable_strata() -> None:
     patients, labels = _cohort(200, 3)
     # one patient with a pattern nobody else has

@@ -12,6 +12,7 @@ from conftest import save_rows
 
 from hnp import cli
 from hnp.errors import HnpError
+from sharding import manifest as manifest_module
 from sharding.manifest import ManifestCheck, read_manifest, validate_manifest
 
 # Patient ids that cannot turn up in a message by chance; image paths embed them, as PACS exports often do.
@@ -279,11 +280,12 @@ def test_unreadable_manifest_names_the_file(tmp_path: Path, name: str, content: 
         validate_manifest(tmp_path / name)
 
 
-def test_images_checked_in_parallel_give_the_same_answer(tmp_path: Path) -> None:
+def test_images_checked_in_parallel_give_the_same_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = _good_rows(tmp_path)
     rows[0]["image_path"] = "img/truncated.jpg"
     rows[5]["image_path"] = "img/gone.jpg"
     path = save_rows(tmp_path, rows)
+    monkeypatch.setattr(manifest_module, "_IMAGE_BATCH", 2)  # several batches, so that worker processes run
     assert validate_manifest(path, workers=3).exclusions == validate_manifest(path, workers=1).exclusions
     assert list(validate_manifest(path, workers=3).exclusions) == [0, 5]
     assert validate_manifest(path, check_images=False).problems == []
