@@ -20,14 +20,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+from test_train_loop import BandLoader
 from test_train_ray import band_shards
 
 from hnp.cli import main
+from hnp.config import load_config
+from hnp.errors import HnpError
 from sharding.build import ShardOptions, shard_manifest
 from train.checkpoint import atomic_write
+from train.loop import FoldContext, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -129,6 +135,44 @@ def test_training_writes_every_fold_file_through_atomic_write() -> None:
     assert "atomic_write(fold_dir / \"history.csv\"" in source and "atomic_torch_save(" in source
     for call in ("torch.save(", ".to_csv(fold_dir", ".to_parquet(fold_dir", "write_text("):
         assert call not in source, call
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "flipped bytes", "not a state"])
+def test_a_corrupt_resume_state_is_refused_naming_the_file_and_why(tmp_path: Path, damage: str) -> None:
+    """A damaged state.pt (a killed writer cannot leave one, see above; a disk error or a partial copy of the run
+    folder can) stops the fold's restart with an error naming the file and what is wrong, before any epoch runs:
+    not torch's traceback, not a silent restart from epoch 1 over the fold's files, not flipped weights."""
+    train, val = BandLoader(32, 16, seed=1), BandLoader(32, 16, seed=2)
+    train_fold(load_config(CONFIGS / "tiny.yaml", ["train.epochs=1"]), tmp_path, train, val, FoldContext(fold=0))
+    state = tmp_path / "state.pt"
+    intact = state.read_bytes()
+    middle = len(intact) // 2  # inside the model weights, the archive's largest member
+    flipped = bytes(b ^ 0xFF for b in intact[middle : middle + 16])
+    damaged = {
+        "truncated": intact[:middle],
+        "garbage": np.random.default_rng(0).bytes(len(intact)),
+        "empty": b"",
+        "flipped bytes": intact[:middle] + flipped + intact[middle + 16 :],
+    }
+    if damage == "not a state":
+        torch.save({"weights": torch.zeros(3)}, state)
+    else:
+        state.write_bytes(damaged[damage])
+    left = state.read_bytes()
+    fold_files = {name: _digest(tmp_path / name) for name in ("best.pt", "history.csv")}
+    epochs: list[float] = []
+    with pytest.raises(HnpError) as caught:
+        train_fold(load_config(CONFIGS / "tiny.yaml", ["train.epochs=2"]), tmp_path, train, val, FoldContext(fold=0),
+                   on_epoch_end=lambda row, _: epochs.append(row["epoch"]))
+    message = str(caught.value)
+    reason = {"truncated": "not a torch.save archive", "garbage": "not a torch.save archive",
+              "empty": "empty file (0 bytes)", "flipped bytes": "fails its CRC-32 check",
+              "not a state": "not a training state (no model_state"}[damage]
+    assert message.startswith(f"{state}: ") and reason in message, message
+    assert "from epoch 1" in message and "weights_only" not in message, message  # what to do; not torch's advice
+    assert epochs == []  # refused before training anything
+    assert state.read_bytes() == left  # left for inspection, not overwritten
+    assert {name: _digest(tmp_path / name) for name in fold_files} == fold_files
 
 
 # ---- hnp eval killed and rerun ------------------------------------------------------------------------------------

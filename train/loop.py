@@ -41,11 +41,13 @@ from eval.bagging import output_columns as frame_columns
 from eval.metrics import youden_threshold
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
-from train.checkpoint import atomic_torch_save, atomic_write
+from train.checkpoint import atomic_torch_save, atomic_write, load_torch_file
 from train.model import TaskLoss, build_model, checkpoint_dict, label_columns, outputs_to_predictions, task_targets
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
+# What resume() reads from state.pt (write_epoch_files also stores the config, for the reader's information).
+STATE_KEYS = ("model_state", "optimizer", "scheduler", "scaler", "history", "best_auc_mean")
 
 
 @dataclass(frozen=True)
@@ -381,8 +383,12 @@ def resume(trainer: Trainer, state_path: Path, ctx: FoldContext) -> tuple[list[d
     """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC."""
     if not state_path.is_file():
         return [], -math.inf
+    restart = "delete it (or the fold folder) to train the fold again from epoch 1"
+    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}")
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise HnpError(f"{state_path}: not a training state (no {', '.join(missing)}); {restart}")
     try:
-        state = torch.load(state_path, map_location=ctx.device, weights_only=True)
         trainer.module.load_state_dict(state["model_state"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])

@@ -24,6 +24,7 @@ from torch import nn
 from hnp.config import ExperimentConfig, ModelConfig, build_dataclass, config_to_dict
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
+from train.checkpoint import load_torch_file
 
 # Age is regressed in standardized units so its loss is on the scale of the BCE terms.
 AGE_CENTER = 50.0
@@ -201,11 +202,9 @@ def load_checkpoint(path: str | Path) -> FoldCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise HnpError(f"{path}: checkpoint not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for unreadable files
-        raise HnpError(f"{path}: not a readable checkpoint: {err}") from err
-    missing = [k for k in ("model_state", "config", "fold", "epoch", "val_auc", "thresholds") if k not in raw]
+    raw = load_torch_file(path)
+    missing = [k for k in ("model_state", "config", "fold", "epoch", "val_auc", "thresholds")
+               if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise HnpError(f"{path}: not a fold checkpoint, missing {', '.join(missing)}")
     cfg = build_dataclass(ExperimentConfig, raw["config"], prefix="")
