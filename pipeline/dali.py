@@ -43,6 +43,7 @@ from pipeline.dataset import (
     index_path,
     rank_range,
     read_samples,
+    stream_seed,
 )
 from pipeline.transforms import CONTRAST_CENTER, normalize_batch
 
@@ -130,11 +131,6 @@ def _uniform(middle: float, half_width: float) -> Any:
     if half_width <= 0:
         return middle
     return fn.random.uniform(range=[middle - half_width, middle + half_width])
-
-
-def stream_seed(seed: int, rank: int, epoch: int) -> int:
-    """A distinct, reproducible 31-bit seed per (run seed, rank, epoch)."""
-    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def device_index(device: str | torch.device) -> int | None:

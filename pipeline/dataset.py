@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hnp.errors import HnpError
 
 IMAGE_EXT = "jpg"
@@ -177,3 +179,8 @@ def batch_sizes(total: int, part: int, world_size: int, batch_size: int, trainin
         return [batch_size] * train_batches_per_epoch(total, world_size, batch_size)
     full, rest = divmod(part, batch_size)
     return [batch_size] * full + ([rest] if rest else [])
+
+
+def stream_seed(seed: int, rank: int, epoch: int) -> int:
+    """A distinct, reproducible 31-bit seed per (run seed, rank, epoch): one rank's draws in one training epoch."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0] & 0x7FFFFFFF)

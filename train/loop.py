@@ -41,6 +41,7 @@ from eval.bagging import output_columns as frame_columns
 from eval.metrics import youden_threshold
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
+from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, atomic_write, load_torch_file
 from train.model import TaskLoss, build_model, checkpoint_dict, label_columns, outputs_to_predictions, task_targets
 
@@ -336,9 +337,11 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
     history, best = resume(trainer, fold_dir / STATE_FILE, ctx)
     if history:
         log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
-    seed_everything(cfg.train.seed * 1000 + ctx.rank + len(history))  # dropout and augmentation differ per rank
     is_main = ctx.rank == 0
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+        # Every epoch draws from its own seeds (dropout per rank, the loader's order and jitter), so a resumed fold
+        # trains its remaining epochs as an uninterrupted one would have.
+        seed_everything(stream_seed(cfg.train.seed, ctx.rank, epoch))
         _set_epoch(train_loader, epoch)
         stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=is_main,
                                 desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}")
