@@ -121,24 +121,31 @@ def shard_once(manifest: Path, out: Path, workers: int, shard_size: str) -> dict
         return result
 
     build.write_shards = timed_write_shards
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = build.shard_manifest(build.ShardOptions(manifest=manifest, out=out, workers=workers,
                                                       shard_bytes=parse_size(shard_size), progress=False))
     seconds = time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     shards = [s for split in summary.dataset["splits"].values() for s in split["shards"]]
+    # CPU seconds tell a change's effect apart from a neighbour's load, which only moves the wall time
     return {"seconds": seconds, "write_seconds": phases["write"], "shards": len(shards),
+            "cpu_driver": time.process_time() - cpu, "cpu_workers": children.ru_utime + children.ru_stime,
             "out_bytes": sum(s["bytes"] for s in shards), "sharded": summary.rows_sharded,
             "rss_driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def tar_once(root: Path, manifest: Path, out: Path) -> float:
-    """Seconds for `tar -cf` over the manifest's image files (hard links dereferenced: every byte copied)."""
+def tar_once(root: Path, manifest: Path, out: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds of `tar -cf` over the manifest's image files (hard links dereferenced: every byte
+    copied)."""
     listing = root / "files.txt"
     listing.write_text("\n".join(pd.read_parquet(manifest)["image_path"]) + "\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(["tar", "--hard-dereference", "-cf", str(out), "-C", str(root), "-T", str(listing)], check=True)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def drop_output(path: Path) -> None:
@@ -158,13 +165,15 @@ def bench_size(args: argparse.Namespace, rows: int) -> dict:
     setup = time.perf_counter() - start
     command = [sys.executable, __file__, "--one", str(rows), "--work", str(args.work), "--workers", str(args.workers),
                "--shard-size", args.shard_size]
-    runs, tar_runs, loads = [], [], []
+    runs, tar_runs, tar_cpu, loads = [], [], [], []
     for _ in range(args.repeat):
         loads.append(os.getloadavg()[0])
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(output.splitlines()[-1]))
         drop_output(root / "shards")
-        tar_runs.append(tar_once(root, manifest, root / "baseline.tar"))
+        seconds, cpu = tar_once(root, manifest, root / "baseline.tar")
+        tar_runs.append(seconds)
+        tar_cpu.append(cpu)
         drop_output(root / "baseline.tar")
     ours = min(runs, key=lambda run: run["seconds"])
     ours["write_seconds"] = min(run["write_seconds"] for run in runs)
@@ -172,6 +181,7 @@ def bench_size(args: argparse.Namespace, rows: int) -> dict:
     mb = image_bytes / 2**20
     result = {"rows": rows, "image_mb": mb, "setup_seconds": setup, **ours, "tar_seconds": tar_seconds,
               "all_seconds": [run["seconds"] for run in runs], "all_tar_seconds": tar_runs, "load_1min": loads,
+              "all_cpu": [run["cpu_driver"] + run["cpu_workers"] for run in runs], "all_tar_cpu": tar_cpu,
               "mb_s": mb / ours["seconds"], "write_mb_s": mb / ours["write_seconds"], "tar_mb_s": mb / tar_seconds}
     result["ratio"] = result["mb_s"] / result["tar_mb_s"]
     result["write_ratio"] = result["write_mb_s"] / result["tar_mb_s"]
