@@ -13,7 +13,8 @@ ledger and rewrites the rest, so a killed run resumes and ends with the same byt
 Tar members are written with hand-built USTAR headers (fixed mtime, uid, gid, names and mode): Python's
 tarfile spends ~20 us per header, a third of the time of a small sample, and a fixed header makes the bytes
 reproducible. Members are laid out in two reusable buffers of a few MiB (an image is read straight into its
-place); while one fills, a thread hashes the other and writes it with O_DIRECT, past the page cache. Memory
+place); a full buffer is hashed, then written with O_DIRECT, past the page cache, by a thread while the other
+fills. Memory
 holds those buffers (a larger one only for an image larger than them), and a sample costs a handful of system
 calls.
 """
@@ -245,9 +246,10 @@ def _write_through_cache(fd: int) -> bool:
 class _TarStream:
     """Appends members to a file opened by `_open_output`, recording each member's data offset.
 
-    Members are laid out in one of two buffers while a thread hashes and writes the other (hashlib and os.write
-    release the GIL), so a direct write's wait for the disk overlaps the reading of the next images. Call `close`
-    to end the archive and write what is left, and `stop` in any case before closing the file.
+    Members are laid out in one of two buffers while a thread writes the other (os.write releases the GIL), so a
+    direct write's wait for the disk overlaps the reading and hashing of the next images. (Hashing in the writer
+    thread too was slower: one thread then did most of the work.) Call `close` to end the archive and write what
+    is left, and `stop` in any case before closing the file.
     """
 
     def __init__(self, fd: int) -> None:
@@ -298,9 +300,11 @@ class _TarStream:
         return offset
 
     def _flush(self, final: bool = False) -> None:
-        """Hand the buffered bytes to the writer thread: whole blocks of _ALIGN bytes, or everything when `final`;
-        what is left (less than a block) moves to the start of the other buffer, which becomes the current one."""
+        """Hash the buffered bytes and hand them to the writer thread: whole blocks of _ALIGN bytes, or everything
+        when `final`; what is left (less than a block) moves to the start of the other buffer, which becomes the
+        current one."""
         end = self.fill if final else self.fill - self.fill % _ALIGN
+        self.sha.update(self.buffer[:end])  # while the previous buffer is still being written
         self._wait()
         full, self.buffer = self.buffer, self.spare
         rest = self.fill - end
@@ -314,8 +318,7 @@ class _TarStream:
         self.fill = rest
 
     def _write(self, data: memoryview) -> None:
-        """Hash and write `data` (in the writer thread)."""
-        self.sha.update(data)
+        """Write `data` (in the writer thread)."""
         whole = len(data) - len(data) % _ALIGN
         self._write_all(data[:whole])
         if whole < len(data):  # the archive's last partial block: a direct write must be whole blocks
