@@ -46,11 +46,22 @@ def inspect_jpeg(data: bytes) -> JpegInfo:
 
 def inspect_jpeg_file(path: str | Path) -> JpegInfo:
     """`inspect_jpeg` reading only the file's head and tail; a missing or unreadable file raises JpegError too."""
+    return inspect_jpeg_file_stat(path)[0]
+
+
+def inspect_jpeg_file_stat(path: str | Path) -> tuple[JpegInfo, os.stat_result]:
+    """`inspect_jpeg_file`, and the status of the file it read: whoever reads the file later can compare size and
+    modification time to know the bytes are the ones checked.
+
+    Raises:
+        JpegError: as `inspect_jpeg_file`.
+    """
     try:
         # os-level calls: Python's buffered file objects cost more than the few reads (~15 us a file in all)
         fd = os.open(path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            stat = os.fstat(fd)
+            size = stat.st_size
             head = os.pread(fd, _HEAD_BYTES, 0)
             tail = os.pread(fd, _TAIL_BYTES, max(size - _TAIL_BYTES, 0))
         finally:
@@ -60,8 +71,8 @@ def inspect_jpeg_file(path: str | Path) -> JpegInfo:
     except OSError as err:
         raise JpegError(f"unreadable: {err.strerror or err}") from None
     if size > len(head) and _frame_header_beyond(head):
-        return inspect_jpeg(Path(path).read_bytes())  # metadata segments longer than the head: read it all
-    return _inspect(head, tail, size)
+        return inspect_jpeg(Path(path).read_bytes()), stat  # metadata segments longer than the head: read it all
+    return _inspect(head, tail, size), stat
 
 
 # Frame headers sit after the metadata segments, within the first few KB of nearly every radiograph (a file

@@ -29,7 +29,7 @@ import pyarrow
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from hnp.jpeg import JpegError, inspect_jpeg_file
+from hnp.jpeg import JpegError, inspect_jpeg_file_stat
 from hnp.levels import LEVEL_COLUMNS, LEVELS, SPLITS, VIEWS
 from hnp.schema import AGE_RANGE, MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
@@ -86,12 +86,16 @@ class ManifestCheck:
             int64, and age to a number, when every value in them is valid.
         problems: every problem, file-level ones first, then by row.
         ignored_columns: columns outside the contract, with a note where one looks like a misspelling.
+        image_stats: (size, mtime_ns) of every image that passed its check, by `image_file`, as the check read
+            it (empty without the image checks): `hnp shard` plans with these sizes and refuses a file that has
+            changed since.
     """
 
     path: Path
     table: pd.DataFrame
     problems: list[Problem]
     ignored_columns: dict[str, str] = field(default_factory=dict)
+    image_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
@@ -173,8 +177,10 @@ def validate_manifest(path: str | Path, *, check_images: bool = True, workers: i
     if table.empty:
         problems.append(Problem(None, None, "the manifest has no rows", kind="empty manifest"))
     problems += _check_row_values(table)
+    image_stats: dict[str, tuple[int, int]] = {}
     if check_images and "image_path" in table:
-        problems += _check_images(table, workers)
+        image_problems, image_stats = _check_images(table, workers)
+        problems += image_problems
     problems += _check_duplicate_images(table)
     if {"patient_id", "split"} <= set(table):
         problems += _check_split_leaks(table)
@@ -183,7 +189,7 @@ def validate_manifest(path: str | Path, *, check_images: bool = True, workers: i
     problems += _check_dates(table)
     _convert_valid_columns(table, problems)
     problems = _locate(_redact(problems, table), path, len(table))
-    return ManifestCheck(path, table, problems, ignored)
+    return ManifestCheck(path, table, problems, ignored, image_stats)
 
 
 # ---- columns ------------------------------------------------------------------------------------------------
@@ -308,34 +314,43 @@ def _is_blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
 
 
-def _inspect(files: list[str]) -> list[str | None]:
-    """The reason each file is not a usable JPEG, or None."""
-    reasons: list[str | None] = []
+def _inspect(files: list[str]) -> list[str | tuple[int, int]]:
+    """For each file, the reason it is not a usable JPEG, or its (size, mtime_ns) when it is one."""
+    results: list[str | tuple[int, int]] = []
     for file in files:
         try:
-            inspect_jpeg_file(file)
+            _, stat = inspect_jpeg_file_stat(file)
         except JpegError as err:
-            reasons.append(str(err))
+            results.append(str(err))
         else:
-            reasons.append(None)
-    return reasons
+            results.append((stat.st_size, stat.st_mtime_ns))
+    return results
 
 
-def _check_images(table: pd.DataFrame, workers: int) -> list[Problem]:
-    """Open each distinct image once (header and end marker, not a full decode), over `workers` processes."""
+def _check_images(table: pd.DataFrame, workers: int) -> tuple[list[Problem], dict[str, tuple[int, int]]]:
+    """Open each distinct image once (header and end marker, not a full decode), over `workers` processes.
+
+    Returns:
+        The problems, and (size, mtime_ns) of each image that passed, by file.
+    """
     files = table["image_file"].dropna().unique().tolist()
     # Processes, not threads: a check is ~15 us of system calls and Python, and threads fighting over the GIL
     # were slower than one. Batches, because one task per file would cost more than the check itself.
     batches = [files[i : i + _IMAGE_BATCH] for i in range(0, len(files), _IMAGE_BATCH)]
     failures: dict[str, str] = {}
+    stats: dict[str, tuple[int, int]] = {}
     pool = ProcessPoolExecutor(min(workers, len(batches))) if workers > 1 and len(batches) > 1 else None
     try:
         checked = pool.map(_inspect, batches) if pool else map(_inspect, batches)
         with tqdm(total=len(files), desc="checking images", unit="img",
                   disable=len(files) < _PROGRESS_MIN_IMAGES) as bar:
-            for batch, reasons in zip(batches, checked, strict=True):
+            for batch, results in zip(batches, checked, strict=True):
                 bar.update(len(batch))
-                failures.update((file, reason) for file, reason in zip(batch, reasons, strict=True) if reason)
+                for file, result in zip(batch, results, strict=True):
+                    if isinstance(result, str):
+                        failures[file] = result
+                    else:
+                        stats[file] = result
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -346,7 +361,7 @@ def _check_images(table: pd.DataFrame, workers: int) -> list[Problem]:
         kind = "image missing" if failure == "file not found" else "image not a decodable JPEG"
         reason = f"image {_show(shown)}: {failure}"
         problems.append(Problem(int(row), "image_path", reason, excludable=True, kind=kind))
-    return problems
+    return problems, stats
 
 
 def _check_duplicate_images(table: pd.DataFrame) -> list[Problem]:

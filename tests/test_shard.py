@@ -407,6 +407,23 @@ def test_no_test_rows_gives_an_empty_test_split(make_manifest: Callable[..., Pat
     assert sum(dataset["splits"][f"fold{k}"]["samples"] for k in range(4)) == 24
 
 
+def test_image_changed_before_planning_is_an_error(make_manifest: Callable[..., Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharding import build
+
+    manifest = make_manifest(patients=8)
+    victim = manifest.parent / pd.read_csv(manifest)["image_path"][2]
+    assign_splits = build.assign_splits
+
+    def touch_then_assign(*args, **kwargs):  # the file changes after its check, before the plan
+        victim.write_bytes(victim.read_bytes()[:-2])  # its end marker gone: it would fail the check now
+        return assign_splits(*args, **kwargs)
+
+    monkeypatch.setattr(build, "assign_splits", touch_then_assign)
+    with pytest.raises(HnpError, match=r"manifest row 2 \(sample r0000002\): image: file changed after"):
+        shard(manifest, tmp_path / "out")
+
+
 def test_image_changed_after_validation_is_an_error_without_the_path(make_manifest: Callable[..., Path],
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -278,6 +279,22 @@ def test_unreadable_manifest_names_the_file(tmp_path: Path, name: str, content: 
         (tmp_path / name).write_bytes(content)
     with pytest.raises(HnpError, match=f"{name}: {reason}"):
         validate_manifest(tmp_path / name)
+
+
+def test_image_stats_are_recorded_for_the_images_that_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _good_rows(tmp_path)
+    rows[0]["image_path"] = "img/truncated.jpg"
+    path = save_rows(tmp_path, rows)
+    monkeypatch.setattr(manifest_module, "_IMAGE_BATCH", 2)
+    for workers in (1, 2):
+        check = validate_manifest(path, workers=workers)
+        files = check.table["image_file"]
+        assert files[0] not in check.image_stats
+        assert set(check.image_stats) == set(files[1:])
+        for file in files[1:]:
+            status = os.stat(file)
+            assert check.image_stats[file] == (status.st_size, status.st_mtime_ns)
+    assert validate_manifest(path, check_images=False).image_stats == {}
 
 
 def test_images_checked_in_parallel_give_the_same_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
