@@ -220,7 +220,7 @@ def _aligned_buffer(size: int) -> memoryview:
 def _open_output(path: Path) -> int:
     """Open a shard for writing, bypassing the page cache (O_DIRECT) where the file system allows it.
 
-    On a VM, buffered writes cost a kernel copy into freshly allocated page-cache pages, ~1.2 s of system time per
+    On a VM, buffered writes cost a kernel copy into freshly allocated page-cache pages, 1-2 s of system time per
     GB here, and the dirty-page limit throttles a 5 GB run to the disk's pace anyway; direct writes of whole
     blocks from one reused buffer cost almost no CPU and leave other jobs' cached files alone.
     """
