@@ -17,7 +17,8 @@ process and any worker processes it waited for); it counts mapped file pages too
 maps every test tar whole, so it grows by the shard bytes read. Peak anonymous RSS (RssAnon of the tree, sampled
 every 0.1 s) is the memory eval itself holds. The "marginal" column is the time per 1k images between one N
 and the previous: the fixed part (imports, models, Grad-CAM of a fixed number of images) cancels there, so linear
-time shows as a constant marginal figure.
+time shows as a constant marginal figure. CPU s (user + system of the eval process tree) is less sensitive to
+neighbours on a shared machine than wall time.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def shard(manifest: Path, out: Path) -> Path:
 
 
 def eval_once(run: Path, shards: Path, out: Path, log: Path, gradcam_top: int, bootstrap: int) -> dict:
-    """Run `hnp eval` in a fresh process (output to `log`); wall seconds, peak RSS and peak anonymous RSS (MB)."""
+    """Run `hnp eval` in a fresh process (output to `log`); wall and CPU seconds, peak RSS and anonymous RSS (MB)."""
     command = [sys.executable, "-m", "hnp.cli", "eval", "--run", str(run), "--shards", str(shards), "--out", str(out),
                "--gradcam-top", str(gradcam_top), "--bootstrap", str(bootstrap), "--no-wandb"]
     start = time.perf_counter()
@@ -130,7 +131,8 @@ def eval_once(run: Path, shards: Path, out: Path, log: Path, gradcam_top: int, b
     if process.returncode != 0:
         raise RuntimeError(f"hnp eval exited with {process.returncode}; see {log}:\n{log.read_text()[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "anon_mb": peak_anon,
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            "anon_mb": peak_anon,
             "n_images": metrics["n_images"], "n_patients": metrics["n_patients"]}
 
 
@@ -177,15 +179,17 @@ def bench(args: argparse.Namespace) -> list[dict]:
 
 
 def markdown(results: list[dict]) -> str:
-    """The results as a Markdown table: wall s, s per 1k images (overall and marginal), peak RSS."""
-    lines = ["| test images | patients | hnp eval wall s | s per 1k images | marginal s per 1k images | peak RSS MB "
-             "| peak anonymous RSS MB | load (1 min) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The results as a Markdown table: wall s, s per 1k images (overall and marginal), CPU s, peak RSS."""
+    lines = ["| test images | patients | hnp eval wall s | s per 1k images | marginal s per 1k images | CPU s "
+             "| CPU s per 1k images | peak RSS MB | peak anonymous RSS MB | load (1 min) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     previous = None
     for r in results:
         marginal = "-" if previous is None else \
             f"{(r['seconds'] - previous['seconds']) / (r['images'] - previous['images']) * 1e3:.2f}"
         lines.append(f"| {r['images']:,} | {r['n_patients']:,} | {r['seconds']:.1f} "
-                     f"| {r['seconds'] / r['images'] * 1e3:.2f} | {marginal} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} "
+                     f"| {r['seconds'] / r['images'] * 1e3:.2f} | {marginal} | {r['cpu_s']:.0f} "
+                     f"| {r['cpu_s'] / r['images'] * 1e3:.2f} | {r['rss_mb']:.0f} | {r['anon_mb']:.0f} "
                      f"| {r['load_1min']:.1f} |")
         previous = r
     return "\n".join(lines)

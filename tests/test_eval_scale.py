@@ -2,10 +2,11 @@
 process (the benchmark's own code path, so BENCHMARKS.md's 5k/10k/20k figures come from what is tested here).
 
 Bounded memory: the peak anonymous RSS (RssAnon: what the process holds itself) of the 4N run may exceed the N
-run's by at most RSS_MARGIN_MB. Eval keeps a small record per image (key, patient, labels, 4 x 5 probabilities:
-well under 1 KB); the peak is set by what does not depend on N (torch, DALI, the 4 models, a Grad-CAM batch).
+run's by at most RSS_MARGIN_MB. Eval keeps a small record per image (key, metadata, index entry, 4 x 5
+probabilities and the frames built from them: 7-9 KB an image at 5k-20k, BENCHMARKS.md, and 4-7 KB here); the peak
+is set by what does not depend on N (torch, DALI, the 4 models, a Grad-CAM batch).
 Holding every model input (configs/tiny.yaml's 128 x 128 float32, 64 KB an image) adds 3N x 64 KB = 47 MB between
-the runs: injected, it measured +50 MB and fails. Two honest runs differ by 3-5 MB on this machine. A leak under
+the runs: injected, it measured +50 MB and fails; honest runs measured +3 to +5 MB. A leak under
 ~16 KB an image (e.g. the decoded 128 x 100 radiographs) would pass here; BENCHMARKS.md's 5k-20k figures bound it.
 The peak RSS (ru_maxrss) is not what is bounded: it also counts the file pages of the test tars, which DALI's
 webdataset reader maps whole (clean page cache, shared and reclaimable), so it grows by the shard bytes read.
