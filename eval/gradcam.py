@@ -198,8 +198,11 @@ def _write_one(row: pd.Series, gray: np.ndarray, heat: np.ndarray, out_dir: Path
     stem = Path(str(row["level"]).replace("-", "_")) / f"{int(row['rank']):04d}_{row['key']}"
     (out_dir / stem.parent).mkdir(parents=True, exist_ok=True)
     np.save(out_dir / stem.with_suffix(".npy"), full)
-    if not cv2.imwrite(str(out_dir / stem.with_suffix(".png")), overlay(gray, full)):
-        raise HnpError(f"could not write {out_dir / stem.with_suffix('.png')}")
+    png = out_dir / stem.with_suffix(".png")
+    encoded, picture = cv2.imencode(".png", overlay(gray, full))
+    if not encoded:
+        raise HnpError(f"could not encode {png}")
+    png.write_bytes(picture.tobytes())  # Python opens the file: cv2.imwrite crashed on a non-UTF-8 folder name
     return {
         "key": row["key"], "patient": row["patient"], "level": row["level"], "rank": int(row["rank"]),
         "probability": float(row["probability"]), "label": int(row["label"]),

@@ -323,6 +323,24 @@ def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, 
         train_cli.run(args)
 
 
+def test_predict_takes_an_image_in_a_non_utf8_folder(eval_world: dict[str, Path], tmp_path: Path) -> None:
+    """`hnp predict` run as a user would, with a Latin-1 folder name as raw bytes on the command line, and Grad-CAM
+    written into such a folder: it predicts and writes the overlays (cv2.imwrite crashed the process there)."""
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.makedirs(folder)
+    source = next((eval_world["folder"] / "phantom" / "images").rglob("*.jpg"))
+    image = folder + b"/scan.jpg"
+    shutil.copyfile(source, os.fsdecode(image))
+    argv = [b"predict", b"--run", os.fsencode(eval_world["run"]), image, b"--gradcam", folder + b"/cam"]
+    done = subprocess.run([os.fsencode(sys.executable), b"-c", HNP.encode(), *argv], cwd=REPO,
+                          capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    assert b"Traceback" not in done.stderr
+    assert json.loads(done.stdout)["n_images"] == 1
+    overlays = pd.read_csv(os.fsdecode(folder + b"/cam/index.csv"))["file"]
+    assert len(overlays) == 5 and all(os.path.getsize(folder + b"/cam/" + os.fsencode(f)) for f in overlays)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_eval_and_predict_name_a_corrupt_checkpoint(eval_world: dict[str, Path], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture, damage: str) -> None:

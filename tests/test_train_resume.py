@@ -3,7 +3,6 @@ kernels are deterministic): same batches, same dropout and jitter draws, same we
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
