@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from hnp.errors import HnpError
+from hnp.files import atomic_write_text
 from hnp.levels import LEVEL_COLUMNS
 from sharding.dataset_json import (
     dataset_json_text,
@@ -38,7 +39,6 @@ from sharding.shards import (
     ShardResult,
     plan_shards,
     remove_stale_files,
-    write_atomic,
     write_shards,
 )
 
@@ -128,7 +128,7 @@ def shard_manifest(options: ShardOptions) -> ShardSummary:
         log.info("removed %s (partial, or not part of this plan)", name)
     excluded_rows = [(row, scrub(str(table["image_path"].iat[row]), patient_ids.iat[row], patients.iat[row]), reason)
                      for row, reason in check.exclusions.items()]
-    write_atomic(out / "excluded.csv", excluded_csv_text(excluded_rows))
+    atomic_write_text(out / "excluded.csv", excluded_csv_text(excluded_rows))
     results = write_shards(specs, out, encoding, options.workers, options.progress)
     return _finish(options, table, splits, patients, results)
 
@@ -253,8 +253,8 @@ def _finish(options: ShardOptions, table: pd.DataFrame, splits: pd.Series, patie
                             splits=per_split, reencoded=any(r.reencoded for r in results))
     table_text = table1_markdown(table1({split: table.loc[splits.index[splits == split]]
                                          for split in split_names(options.folds)}))
-    write_atomic(options.out / "table1.md", "# Table 1: images per level and split\n\n" + table_text)
-    write_atomic(options.out / "dataset.json", dataset_json_text(record))
+    atomic_write_text(options.out / "table1.md", "# Table 1: images per level and split\n\n" + table_text)
+    atomic_write_text(options.out / "dataset.json", dataset_json_text(record))
     written = sum(not r.reused for r in results)
     return ShardSummary(rows["manifest"], rows["sharded"], rows["excluded"], written, len(results) - written,
                         record, table_text)

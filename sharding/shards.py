@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hnp.errors import HnpError
+from hnp.files import atomic_write_text
 from hnp.jpeg import JpegError, inspect_jpeg
 
 BLOCK = 512
@@ -475,14 +476,6 @@ def file_sha256(path: Path) -> str:
 # ---- ledger and clean-up ----------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name and rename it, so a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-
 def read_ledger(out_dir: Path) -> dict[str, dict]:
     """Finished shards recorded by earlier runs, by name; a line cut short by a kill is ignored."""
     path = out_dir / LEDGER_NAME
@@ -566,7 +559,8 @@ def write_shards(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, work
     """
     ledger = read_ledger(out_dir)
     # drop a line a kill cut short, so that this run's appended lines start on a line of their own
-    write_atomic(out_dir / LEDGER_NAME, "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in ledger.values()))
+    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in ledger.values())
+    atomic_write_text(out_dir / LEDGER_NAME, lines)
     total = sum(len(spec.samples) for spec in specs)
     results: dict[str, ShardResult] = {}
     with tqdm(total=total, desc="sharding", unit="img", disable=not progress, smoothing=0.1) as bar:
@@ -579,7 +573,7 @@ def write_shards(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, work
             bar.update(total - bar.n)  # the last progress messages may still be in the queue
     ordered = [results[spec.name] for spec in specs]
     # Rewritten in plan order, so that a finished run's ledger is as reproducible as its shards.
-    write_atomic(out_dir / LEDGER_NAME, "".join(_ledger_line(result) for result in ordered))
+    atomic_write_text(out_dir / LEDGER_NAME, "".join(_ledger_line(result) for result in ordered))
     return ordered
 
 

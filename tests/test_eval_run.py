@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from eval_run_fixture import CONFIGS, build_phantom_shards, build_run, tiny_config
+from support.runs import CONFIGS, build_phantom_shards, build_run, tiny_config
 
 from eval.pointing import inside, level_boxes, pointing_game, pointing_markdown, read_truth
 from hnp.cli import main

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipeline_shards import build_shards
+from support.shards import build_shards
 
 from hnp.config import AugmentConfig, DataConfig
 from hnp.errors import HnpError

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from nvidia.dali import fn, pipeline_def, types
-from pipeline_shards import build_shards
+from support.shards import build_shards
 
 from hnp.config import AugmentConfig, DataConfig
 from pipeline import build_loader, split_shards

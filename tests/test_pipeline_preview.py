@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipeline_shards import build_shards
+from support.shards import build_shards
 
 from hnp.cli import main
 from hnp.config import load_config

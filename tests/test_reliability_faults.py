@@ -24,15 +24,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+from support.runs import build_phantom_shards, build_run, tiny_config
 from test_train_loop import BandLoader
 from test_train_ray import band_shards
 
 from hnp.cli import main
 from hnp.config import load_config
 from hnp.errors import HnpError
+from hnp.files import atomic_write
 from sharding.build import ShardOptions, shard_manifest
-from train.checkpoint import atomic_write
 from train.loop import FoldContext, train_fold
 
 REPO = Path(__file__).resolve().parents[1]

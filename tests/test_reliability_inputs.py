@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PATIENT_ID_PREFIX, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.manifests import PATIENT_ID_PREFIX, write_manifest
 
 from hnp.cli import main
 from hnp.errors import HnpError
@@ -128,7 +128,7 @@ LOAD_ALL = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from eval_run_fixture import tiny_config
+from support.runs import tiny_config
 from pipeline import build_loader, split_shards
 
 def main():
@@ -263,7 +263,7 @@ def test_random_manifests_give_problems_naming_rows_never_a_traceback(image_fold
 @pytest.fixture(scope="module")
 def eval_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Phantom shards (4 folds + test) and a run of 4 untrained fold checkpoints (tests/eval_run_fixture.py)."""
-    from eval_run_fixture import build_phantom_shards, build_run, tiny_config
+    from support.runs import build_phantom_shards, build_run, tiny_config
 
     folder = tmp_path_factory.mktemp("missing_folds")
     shards, _ = build_phantom_shards(folder, patients=16)

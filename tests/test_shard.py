@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PATIENT_ID_PREFIX
+from support.manifests import PATIENT_ID_PREFIX
 
 from hnp.cli import COMMANDS
 from hnp.errors import HnpError

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from pipeline_shards import build_shards
+from support.shards import build_shards
 
 from hnp.config import ExperimentConfig, load_config
 from pipeline import build_loader, split_shards

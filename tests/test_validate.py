@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save_rows
+from support.manifests import save_rows
 
 from hnp import cli
 from hnp.errors import HnpError

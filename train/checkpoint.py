@@ -1,53 +1,24 @@
-"""Crash-safe file writes for everything a fold leaves behind (best.pt, state.pt, history.csv, predictions).
-
-A killed worker must never leave a half-written file that a resumed run or `hnp eval` then trusts, so every
-write goes to a temporary name in the same folder and is renamed over the target with `os.replace`, which is
-atomic on POSIX file systems. A file damaged some other way (a disk error, a partial copy, an editor) is refused
+"""Torch files a fold leaves behind (best.pt, state.pt): written atomically (`hnp.files.atomic_write`, so a
+killed worker never leaves a half-written file that a resumed run or `hnp eval` then trusts), and checked on
+reading: a file damaged some other way (a disk error, a partial copy, an editor) is refused
 on reading by `load_torch_file`, naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hnp.errors import HnpError
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then move the finished file onto `path` in one rename.
-
-    Args:
-        path: the final file; its folder is created if needed.
-        write: writes the whole file to the temporary path it is given.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+from hnp.files import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """`torch.save(obj, path)`, atomically."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def load_torch_file(path: str | Path, map_location: Any = "cpu", hint: str = "") -> Any:

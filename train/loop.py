@@ -41,8 +41,9 @@ from eval.bagging import output_columns as frame_columns
 from eval.metrics import youden_threshold
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
+from hnp.files import atomic_write
 from pipeline.dataset import stream_seed
-from train.checkpoint import atomic_torch_save, atomic_write, load_torch_file
+from train.checkpoint import atomic_torch_save, load_torch_file
 from train.model import TaskLoss, build_model, checkpoint_dict, label_columns, outputs_to_predictions, task_targets
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

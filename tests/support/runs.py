@@ -20,7 +20,7 @@ from sharding.build import ShardOptions, shard_manifest
 from train.loop import evaluate
 from train.model import TaskLoss, build_model, checkpoint_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def tiny_config(task: str = "levels", loader: str = "torch") -> ExperimentConfig:

@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from conftest import write_manifest
 
 from sharding.build import ShardOptions, shard_manifest
+from support.manifests import write_manifest
 
 MARK = 255  # a bright block in the top-left quadrant of every image: a flip would move it
 

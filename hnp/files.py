@@ -1,0 +1,44 @@
+"""Crash-safe file writes: every file a later stage trusts (shards' side files, checkpoints, tables, reports) is
+written under a temporary name in its own folder and renamed onto its name with `os.replace`, atomic on POSIX
+file systems, so a killed writer leaves the previous complete file or none, never half of one.
+
+    atomic_write_text(out / "dataset.json", text)
+    atomic_write(fold_dir / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then move the finished file onto `path` in one rename.
+
+    Args:
+        path: the final file; its folder is created if needed.
+        write: writes the whole file to the temporary path it is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a binary file atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
