@@ -3,8 +3,8 @@ does the Grad-CAM peak of a correctly detected herniation fall on the herniated 
 
 Ground truth is the phantom's `truth.parquet` (`hnp phantom`): per image, each level's disc centre `<c>_x`,
 `<c>_y`, `<c>_half_width`, `<c>_half_height` and `<c>_angle` in the pixels of the written radiograph (`height`
-x `width`). Its rows are in manifest row order, which is how shard keys are made (`r{row:07d}`); the views of
-the shard samples are checked against the truth's to catch a truth file of another data set.
+x `width`). Its rows are in manifest row order, from which shard keys are made (`hnp.shard_format.sample_key`);
+the views of the shard samples are checked against the truth's to catch a truth file of another data set.
 
 Counted images: the Grad-CAM top images (`gradcam/index.csv`) that are true positives at their level (label 1
 and bagged image probability >= the level's threshold).
@@ -27,6 +27,7 @@ import pandas as pd
 
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.shard_format import sample_key
 
 _FIELDS = ("x", "y", "half_width", "half_height", "angle")
 
@@ -42,7 +43,7 @@ def read_truth(path: Path) -> pd.DataFrame:
     if missing:
         raise HnpError(f"{path}: not a phantom truth table (missing {', '.join(missing[:4])}); "
                        "it is written by hnp phantom")
-    return truth.assign(key=[f"r{row:07d}" for row in range(len(truth))])
+    return truth.assign(key=[sample_key(row) for row in range(len(truth))])
 
 
 def level_boxes(truth_row: pd.Series, column: str, scale: float) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import demo
 from support.manifests import write_manifest
 
 
@@ -17,3 +19,28 @@ def make_manifest(tmp_path: Path) -> Callable[..., Path]:
         return write_manifest(tmp_path / "data", **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A reduced `hnp demo` of a non-editable install, run from an empty folder (`support.demo`), then run again
+    with the same arguments; what the demo and privacy tests check."""
+    root = tmp_path_factory.mktemp("installed-demo")
+    site = demo.install_non_editable(root)
+    ray_tmp = demo.short_ray_tmp()
+    env = demo.demo_env(root, site, ray_tmp)
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    out = root / "demo"
+    try:
+        phantom = demo.run_hnp(["phantom", "--out", str(out / "phantom"), *demo.PHANTOM_ARGS], env, cwd, timeout=600)
+        assert phantom.returncode == 0, phantom.stderr.decode()[-3000:]
+        first = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=1200)
+        assert first.returncode == 0, first.stderr.decode()[-3000:]
+        first_metrics = (out / "reports" / "tiny" / "metrics.json").read_text()
+        again = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=600)
+        yield {"root": root, "site": site, "out": out, "cwd": cwd, "ray_tmp": ray_tmp,
+               "wandb_home": root / "wandb-home", "phantom": phantom, "first": first, "again": again,
+               "first_metrics": first_metrics}
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -10,8 +10,8 @@ group already initialized, as Ray's TorchTrainer does) the model is wrapped here
 
 Files in the fold folder (rank 0 writes them, each atomically):
     best.pt                  the best epoch by mean validation AUC (see train.model.checkpoint_dict)
-    val_predictions.parquet  that epoch's out-of-fold predictions: key, fold, label_<c>, prob_<c> with the
-                             column-safe names (L1_2 ... or any), plus age and pred_age for levels_age
+    val_predictions.parquet  that epoch's out-of-fold predictions: key, fold, label_<target>, prob_<target>
+                             (hnp.predictions), plus age and pred_age for levels_age
     history.csv              one row per finished epoch: losses, lr, per-level validation AUC, img/s
     state.pt                 everything needed to resume after the last finished epoch
 """
@@ -32,19 +32,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from eval.bagging import output_columns as frame_columns
-from eval.metrics import youden_threshold
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
 from hnp.files import atomic_write
+from hnp.predictions import AGE, KEY, PRED_AGE, label_column, model_targets, prob_column
+from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
-from train.model import TaskLoss, build_model, checkpoint_dict, label_columns, outputs_to_predictions, task_targets
+from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
@@ -80,7 +79,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, the paper's optimizer (lr 3e-5 in configs/paper.yaml)."""
+    """Adam, the paper's optimizer (lr 3e-5 in the paper config)."""
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -223,8 +222,8 @@ def _optimizer_step(trainer: Trainer) -> None:
 @dataclass(frozen=True)
 class Validation:
     loss: float
-    auc: dict[str, float]  # {label column: ROC AUC}, NaN where the fold lacks positives or negatives
-    thresholds: dict[str, float]  # {label column: Youden-J threshold}
+    auc: dict[str, float]  # {target: ROC AUC}, NaN where the fold lacks positives or negatives
+    thresholds: dict[str, float]  # {target: Youden-J threshold}
     predictions: pd.DataFrame  # one row per validation image
 
     @property
@@ -267,7 +266,7 @@ def evaluate(module: nn.Module, loader: Iterable[dict[str, Any]], loss_fn: TaskL
     out_all = torch.cat([t for part in parts for t in part[1]])
     target_all = torch.cat([t for part in parts for t in part[2]])
     frame = prediction_frame(keys, out_all, target_all, task)
-    auc, thresholds = score_columns(frame, task)
+    auc, thresholds = score_targets(frame, task)
     return Validation(loss=sum(part[3] for part in parts) / len(keys), auc=auc, thresholds=thresholds,
                       predictions=frame)
 
@@ -282,26 +281,25 @@ def _gather(local: Any) -> list[Any]:
 
 
 def prediction_frame(keys: list[str], outputs: torch.Tensor, targets: torch.Tensor, task: str) -> pd.DataFrame:
-    """Per-image predictions with the column-safe names eval/ reads: key, label_<c>, prob_<c> (+ age)."""
+    """Per-image predictions in the `hnp.predictions` schema: key, label_<target>, prob_<target> (+ age)."""
     probs, age = outputs_to_predictions(outputs, task)
-    columns = {"key": keys}
-    for i, name in enumerate(frame_columns(task)):
-        columns[f"label_{name}"] = targets[:, i].round().to(torch.int8).numpy()
-        columns[f"prob_{name}"] = probs[:, i].numpy()
+    columns = {KEY: keys}
+    for i, target in enumerate(model_targets(task)):
+        columns[label_column(target)] = targets[:, i].round().to(torch.int8).numpy()
+        columns[prob_column(target)] = probs[:, i].numpy()
     if age is not None:
         _, true_age = outputs_to_predictions(targets, task)
-        columns["age"] = true_age.numpy()
-        columns["pred_age"] = age.numpy()
+        columns[AGE] = true_age.numpy()
+        columns[PRED_AGE] = age.numpy()
     return pd.DataFrame(columns)
 
 
-def score_columns(frame: pd.DataFrame, task: str) -> tuple[dict[str, float], dict[str, float]]:
-    """ROC AUC and Youden-J threshold per label column (NaN when a column has one class only)."""
+def score_targets(frame: pd.DataFrame, task: str) -> tuple[dict[str, float], dict[str, float]]:
+    """ROC AUC and Youden-J threshold per model target (NaN when a target has one class only)."""
     auc, thresholds = {}, {}
-    for name, column in zip(label_columns(task), frame_columns(task), strict=True):
-        y, p = frame[f"label_{column}"].to_numpy(), frame[f"prob_{column}"].to_numpy()
-        auc[name] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
-        thresholds[name] = youden_threshold(y, p)
+    for target in model_targets(task):
+        y, p = frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy()
+        auc[target], thresholds[target] = roc_auc(y, p), youden_threshold(y, p)
     return auc, thresholds
 
 
@@ -317,7 +315,7 @@ EpochHook = Callable[[dict[str, float], Path], None]
 
 def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dict[str, Any]],
                val_loader: Iterable[dict[str, Any]], ctx: FoldContext,
-               on_epoch_end: EpochHook | None = None) -> list[dict[str, float]]:
+               on_epoch_end: EpochHook | None = None, dataset: str = "") -> list[dict[str, float]]:
     """Train one fold to `cfg.train.epochs`, resuming after the last epoch recorded in `fold_dir/state.pt`.
 
     Args:
@@ -328,6 +326,8 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
         ctx: fold, rank, world size and device.
         on_epoch_end: called on every rank after each epoch, with the history row and the fold folder,
             once rank 0 has written the epoch's files (Ray reporting and W&B hang here).
+        dataset: the identity of the shards' dataset.json (`hnp.shard_format.Dataset.identity`), recorded in
+            best.pt so that `hnp eval` can refuse other shards.
 
     Returns:
         The whole history, one row per epoch.
@@ -352,7 +352,7 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
         improved = not math.isnan(val.auc_mean) and not val.auc_mean <= best
         best = val.auc_mean if improved else best
         if is_main:
-            write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best)
+            write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best, dataset)
         log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
                  val.auc_mean, " (best)" if improved else "", stats.images_per_s)
         if on_epoch_end is not None:
@@ -367,12 +367,13 @@ def _set_epoch(loader: Any, epoch: int) -> None:
 
 
 def write_epoch_files(fold_dir: Path, trainer: Trainer, cfg: ExperimentConfig, fold: int,
-                      history: list[dict[str, float]], best_val: Validation | None, best_auc: float) -> None:
+                      history: list[dict[str, float]], best_val: Validation | None, best_auc: float,
+                      dataset: str = "") -> None:
     """Write the epoch's files; state.pt goes last, so a crash leaves the previous epoch resumable."""
     epoch = len(history)
     if best_val is not None:
-        atomic_torch_save(checkpoint_dict(trainer.module, cfg, fold, epoch, best_val.auc, best_val.thresholds),
-                          fold_dir / "best.pt")
+        atomic_torch_save(checkpoint_dict(trainer.module, cfg, fold, epoch, best_val.auc, best_val.thresholds,
+                                          dataset), fold_dir / "best.pt")
         predictions = best_val.predictions.assign(fold=fold)
         atomic_write(fold_dir / "val_predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     frame = pd.DataFrame(history)

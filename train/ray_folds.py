@@ -27,6 +27,7 @@ import pandas as pd
 
 from hnp.config import ExperimentConfig, build_dataclass, config_to_dict
 from hnp.errors import HnpError
+from hnp.shard_format import Dataset, fold_split
 from train.loop import FoldContext, train_fold
 from train.wandb_log import log_epoch, start_fold_run
 
@@ -49,7 +50,7 @@ def fold_finished(path: Path, epochs: int) -> bool:
 
 def fold_splits(cfg: ExperimentConfig, fold: int) -> tuple[list[str], list[str]]:
     """(training splits, validation split) of a fold: train on the other folds, validate on this one."""
-    return [f"fold{k}" for k in range(cfg.folds) if k != fold], [f"fold{fold}"]
+    return [fold_split(k) for k in range(cfg.folds) if k != fold], [fold_split(fold)]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -82,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0 else None)
 
     try:
-        train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report)
+        train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report, dataset=config["dataset"])
     finally:
         if run is not None:
             run.finish()
@@ -122,13 +123,13 @@ class FoldOutcome:
     error: str = ""
 
 
-def train_folds(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path,
+def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path,
                 address: str | None = None) -> list[FoldOutcome]:
     """Train every unfinished fold with Ray, at most `cfg.ray.max_concurrent_folds` at once.
 
     Args:
-        cfg: the experiment config.
-        shards_dir: the shard folder (with dataset.json), readable from every worker.
+        cfg: the experiment config (its fold count checked against the dataset's: `train.cli.check_folds`).
+        dataset: the shards (`hnp.shard_format.read_dataset`), readable from every worker.
         out_dir: the run folder; fold{k}/ folders land in it.
         address: a Ray cluster to join; None joins RAY_ADDRESS when set (as under `ray job submit`),
             else starts Ray on this machine.
@@ -136,7 +137,7 @@ def train_folds(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path,
     Returns:
         One outcome per fold; failed folds carry their error.
     """
-    out_dir, shards_dir = out_dir.resolve(), shards_dir.resolve()
+    out_dir = out_dir.resolve()
     pending = [k for k in range(cfg.folds) if not fold_finished(fold_dir(out_dir, k), cfg.train.epochs)]
     outcomes = {k: FoldOutcome(k, "already finished") for k in range(cfg.folds) if k not in pending}
     for k in outcomes:
@@ -144,7 +145,7 @@ def train_folds(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path,
     if pending:
         started_here = _init_ray(cfg, address)
         try:
-            outcomes.update(_run_trials(cfg, shards_dir, out_dir, pending))
+            outcomes.update(_run_trials(cfg, dataset, out_dir, pending))
         finally:
             if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
                 import ray
@@ -188,11 +189,12 @@ def _ray_init(**kwargs: object) -> None:
                        "to use a cluster, pass --address or set RAY_ADDRESS") from err
 
 
-def _run_trials(cfg: ExperimentConfig, shards_dir: Path, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
+def _run_trials(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
     from ray import tune
 
     storage = cfg.ray.storage_path or str(out_dir / "ray")
-    base = {"experiment": config_to_dict(cfg), "shards": str(shards_dir), "out": str(out_dir), "storage": storage}
+    base = {"experiment": config_to_dict(cfg), "shards": str(dataset.folder.resolve()), "dataset": dataset.identity,
+            "out": str(out_dir), "storage": storage}
     tuner = tune.Tuner(
         tune.with_resources(run_fold_trial, {"cpu": TRIAL_CPU}),
         param_space={**base, "fold": tune.grid_search(folds)},
