@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
 from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
+from train.progress import FoldReporter
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
@@ -164,8 +166,11 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else math.nan
 
 
+StepHook = Callable[[int, int, torch.Tensor, int, float], None]
+
+
 def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world_size: int = 1,
-                    desc: str = "train", progress: bool = True) -> EpochStats:
+                    desc: str = "train", progress: bool = True, on_step: StepHook | None = None) -> EpochStats:
     """One pass over the training loader; the optimizer steps every `grad_accum` batches (and on the last).
 
     Args:
@@ -174,6 +179,9 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         world_size: workers in the fold, to count images across ranks.
         desc: progress bar label.
         progress: show a progress bar (rank 0 only).
+        on_step: called after each batch with (batch number, batches, the epoch's summed loss so far as a device
+            tensor, images so far, seconds so far); reading the tensor syncs the device, so do it rarely
+            (`train.progress.FoldReporter.step` does, once a second).
     """
     trainer.model.train()
     n_batches = len(loader)  # type: ignore[arg-type]
@@ -190,6 +198,8 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         images += n
         if step_now:
             _optimizer_step(trainer)
+        if on_step is not None:
+            on_step(i + 1, n_batches, total_loss, images, time.perf_counter() - start)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
@@ -315,7 +325,8 @@ EpochHook = Callable[[dict[str, float], Path], None]
 
 def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dict[str, Any]],
                val_loader: Iterable[dict[str, Any]], ctx: FoldContext,
-               on_epoch_end: EpochHook | None = None, dataset: str = "") -> list[dict[str, float]]:
+               on_epoch_end: EpochHook | None = None, dataset: str = "",
+               reporter: FoldReporter | None = None) -> list[dict[str, float]]:
     """Train one fold to `cfg.train.epochs`, resuming after the last epoch recorded in `fold_dir/state.pt`.
 
     Args:
@@ -328,6 +339,8 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
             once rank 0 has written the epoch's files (Ray reporting and W&B hang here).
         dataset: the identity of the shards' dataset.json (`hnp.shard_format.Dataset.identity`), recorded in
             best.pt so that `hnp eval` can refuse other shards.
+        reporter: rank 0's link to the driver's progress display (`train.progress`); None shows progress bars
+            on rank 0 instead.
 
     Returns:
         The whole history, one row per epoch.
@@ -344,10 +357,14 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
         # trains its remaining epochs as an uninterrupted one would have.
         seed_everything(stream_seed(cfg.train.seed, ctx.rank, epoch))
         _set_epoch(train_loader, epoch)
-        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=is_main,
-                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}")
+        bars = is_main and reporter is None
+        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=bars,
+                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}",
+                                on_step=None if reporter is None else partial(reporter.step, epoch))
+        if reporter is not None:
+            reporter.validating(epoch)
         val = evaluate(trainer.module, val_loader, trainer.loss_fn, task=trainer.task, amp=cfg.train.amp,
-                       device=ctx.device, channels_last=cfg.train.channels_last, progress=is_main)
+                       device=ctx.device, channels_last=cfg.train.channels_last, progress=bars)
         history.append(history_row(epoch, stats, val))
         improved = not math.isnan(val.auc_mean) and not val.auc_mean <= best
         best = val.auc_mean if improved else best
@@ -355,6 +372,8 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
             write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best, dataset)
         log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
                  val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+        if reporter is not None:
+            reporter.epoch_done(epoch, stats.loss, val.auc_mean, stats.images_per_s)
         if on_epoch_end is not None:
             on_epoch_end(history[-1], fold_dir)
     return history
