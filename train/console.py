@@ -57,6 +57,11 @@ class RayOutputToFile:
         for fd in (1, 2):
             os.dup2(self._log.fileno(), fd)
         self._handlers = _point_stream_handlers(self.console)
+        # Ray's loggers normally have handlers of their own (to stderr, so now the file); records of theirs that
+        # reach the root logger go to the file as well, not to the console
+        self._ray_records = logging.StreamHandler(self._log)
+        self._ray_records.addFilter(_from_ray)
+        logging.getLogger().addHandler(self._ray_records)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -69,6 +74,8 @@ class RayOutputToFile:
             os.close(saved)
         for handler, stream in self._handlers:
             handler.setStream(stream)
+            handler.removeFilter(_not_from_ray)
+        logging.getLogger().removeHandler(self._ray_records)
         self.console.close()
         self._log.close()
         self.console = sys.stderr
@@ -82,6 +89,7 @@ class RayOutputToFile:
                     and h.stream in (self.console, sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)]
         formatter = consoles[0].formatter if consoles else None
         through = DisplayLogHandler(display, formatter)
+        through.addFilter(_not_from_ray)
         for handler in consoles:
             root.removeHandler(handler)
         root.addHandler(through)
@@ -100,4 +108,13 @@ def _point_stream_handlers(console: TextIO) -> list[tuple[logging.StreamHandler,
         if isinstance(handler, logging.StreamHandler) \
                 and handler.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             changed.append((handler, handler.setStream(console)))
+            handler.addFilter(_not_from_ray)
     return changed
+
+
+def _from_ray(record: logging.LogRecord) -> bool:
+    return record.name == "ray" or record.name.startswith("ray.")
+
+
+def _not_from_ray(record: logging.LogRecord) -> bool:
+    return not _from_ray(record)

@@ -193,7 +193,7 @@ class ProgressDisplay:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hnp-progress", daemon=True)
-        self._last_plain = -math.inf
+        self._last_plain = time.monotonic()
         self._printed: dict[int, tuple[int, str]] = {}  # plain mode: (epochs done, line) last printed per fold
 
     def __enter__(self) -> ProgressDisplay:
