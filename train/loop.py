@@ -326,7 +326,7 @@ EpochHook = Callable[[dict[str, float], Path], None]
 def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dict[str, Any]],
                val_loader: Iterable[dict[str, Any]], ctx: FoldContext,
                on_epoch_end: EpochHook | None = None, dataset: str = "",
-               reporter: FoldReporter | None = None) -> list[dict[str, float]]:
+               reporter: FoldReporter | None = None, state_shown_as: str | None = None) -> list[dict[str, float]]:
     """Train one fold to `cfg.train.epochs`, resuming after the last epoch recorded in `fold_dir/state.pt`.
 
     Args:
@@ -341,6 +341,8 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
             best.pt so that `hnp eval` can refuse other shards.
         reporter: rank 0's link to the driver's progress display (`train.progress`); None shows progress bars
             on rank 0 instead.
+        state_shown_as: how messages name `fold_dir/state.pt` when it is a copy (Ray restores a checkpoint into
+            a temporary folder: a damaged one is named where it is stored).
 
     Returns:
         The whole history, one row per epoch.
@@ -348,10 +350,12 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
     log = FoldLogger(ctx)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # type: ignore[arg-type]
     trainer = build_trainer(cfg, steps_per_epoch, ctx)
-    history, best = resume(trainer, fold_dir / STATE_FILE, ctx)
-    if history:
-        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+    history, best = resume(trainer, fold_dir / STATE_FILE, ctx, shown_as=state_shown_as)
     is_main = ctx.rank == 0
+    if history and is_main:
+        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+        if reporter is not None:
+            reporter.resumed(len(history))
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
         # Every epoch draws from its own seeds (dropout per rank, the loader's order and jitter), so a resumed fold
         # trains its remaining epochs as an uninterrupted one would have.
@@ -370,8 +374,9 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
         best = val.auc_mean if improved else best
         if is_main:
             write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best, dataset)
-        log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
-                 val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+        if is_main:
+            log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
+                     val.auc_mean, " (best)" if improved else "", stats.images_per_s)
         if reporter is not None:
             reporter.epoch_done(epoch, stats.loss, val.auc_mean, stats.images_per_s)
         if on_epoch_end is not None:
@@ -403,21 +408,28 @@ def write_epoch_files(fold_dir: Path, trainer: Trainer, cfg: ExperimentConfig, f
                       fold_dir / STATE_FILE)
 
 
-def resume(trainer: Trainer, state_path: Path, ctx: FoldContext) -> tuple[list[dict[str, float]], float]:
-    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC."""
+def resume(trainer: Trainer, state_path: Path, ctx: FoldContext,
+           shown_as: str | None = None) -> tuple[list[dict[str, float]], float]:
+    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC.
+
+    Args:
+        shown_as: the name messages give the file (its stored original when `state_path` is a copy).
+    """
     if not state_path.is_file():
         return [], -math.inf
+    name = shown_as or str(state_path)
     restart = "delete it (or the fold folder) to train the fold again from epoch 1"
-    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}")
+    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}",
+                            shown_as=name)
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise HnpError(f"{state_path}: not a training state (no {', '.join(missing)}); {restart}")
+        raise HnpError(f"{name}: not a training state (no {', '.join(missing)}); {restart}")
     try:
         trainer.module.load_state_dict(state["model_state"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as err:
-        raise HnpError(f"{state_path}: cannot resume from it ({err}); was it written by another config? "
+        raise HnpError(f"{name}: cannot resume from it ({err}); was it written by another config? "
                        "Delete the fold folder to start the fold again") from err
     return list(state["history"]), float(state["best_auc_mean"])

@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
+from hnp.errors import HnpError
+
 REPORT_EVERY_S = 1.0  # worker side: at most one report a second (each costs a loss read and a Ray call)
 REDRAW_EVERY_S = 0.5
 _CLEAR_LINE = "\x1b[2K"
@@ -52,17 +54,32 @@ class FoldState:
         return self.elapsed * (1 - self.done) / self.done if self.done > 0 else math.nan
 
 
+RESTARTED = "restarted after a worker failure"
+RESUMED = "resumed from an earlier launch"
+
+
 class ProgressBoard:
-    """The latest state of every fold; a Ray actor between the fold workers and the driver (`start_board`)."""
+    """The latest state of every fold, and the resumes seen; a Ray actor between the fold workers and the driver
+    (`start_board`)."""
 
     def __init__(self) -> None:
         self._states: dict[int, dict[str, Any]] = {}
+        self._resumes: list[dict[str, Any]] = []
 
     def update(self, fold: int, fields: dict[str, Any]) -> None:
         self._states[fold] = {**self._states.get(fold, {}), **fields, "fold": fold}
 
+    def resumed(self, fold: int, after_epoch: int) -> None:
+        """A fold's worker group started from a checkpoint: after a failure if the fold already reported in this
+        launch (its earlier workers did), else because an earlier launch left it unfinished."""
+        event = RESTARTED if fold in self._states else RESUMED
+        self._resumes.append({"fold": fold, "event": event, "after_epoch": after_epoch, "time": time.time()})
+
     def snapshot(self) -> dict[int, dict[str, Any]]:
         return dict(self._states)
+
+    def resumes(self) -> list[dict[str, Any]]:
+        return list(self._resumes)
 
 
 def board_name(run_name: str) -> str:
@@ -71,11 +88,18 @@ def board_name(run_name: str) -> str:
 
 
 def start_board(run_name: str) -> Any:
-    """Create the run's board actor (Ray must be initialized); it lives as long as this driver."""
+    """Create the run's board actor (Ray must be initialized); it lives as long as this driver.
+
+    Raises:
+        HnpError: the name is taken: the same run is being trained by another driver on this cluster.
+    """
     import ray
 
-    # Ray: a tiny named actor with no CPU reservation, so it never waits for a free core
-    return ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(run_name)).remote()
+    try:
+        # Ray: a tiny named actor with no CPU reservation, so it never waits for a free core
+        return ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(run_name)).remote()
+    except ValueError as err:
+        raise HnpError(f"another `hnp train` of this run is running on this Ray cluster ({err})") from err
 
 
 class FoldReporter:
@@ -91,6 +115,7 @@ class FoldReporter:
     def __init__(self, run_name: str, fold: int, epochs: int) -> None:
         self._fold, self._epochs = fold, epochs
         self._board = _find_board(run_name)
+        self._node = _node_id()  # where the fold's rank 0 runs (on a cluster: which node to look at)
         self._started = time.perf_counter()
         self._last = -math.inf
         self._finished = {"epochs_done": 0, "val_auc": math.nan}
@@ -114,6 +139,14 @@ class FoldReporter:
     def validating(self, epoch: int) -> None:
         self._send(status="validating", epoch=epoch, done=epoch / self._epochs)
 
+    def resumed(self, after_epoch: int) -> None:
+        """The fold starts again after `after_epoch` finished epochs (a restart or a relaunch)."""
+        if self._board is not None:
+            try:
+                self._board.resumed.remote(self._fold, after_epoch)
+            except Exception:  # noqa: BLE001 - see _send
+                self._board = None
+
     def epoch_done(self, epoch: int, loss: float, val_auc: float, images_per_s: float) -> None:
         self._finished = {"epochs_done": epoch, "val_auc": val_auc}
         finished = epoch >= self._epochs
@@ -123,11 +156,21 @@ class FoldReporter:
     def _send(self, **fields: Any) -> None:
         if self._board is None:
             return
-        fields = {**self._finished, **fields, "epochs": self._epochs, "elapsed": time.perf_counter() - self._started}
+        fields = {**self._finished, **fields, "epochs": self._epochs, "node": self._node,
+                  "elapsed": time.perf_counter() - self._started}
         try:
             self._board.update.remote(self._fold, fields)
         except Exception:  # noqa: BLE001 - progress is a courtesy; training goes on without it
             self._board = None
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
 
 
 def _find_board(run_name: str) -> Any | None:

@@ -17,6 +17,7 @@ its rank 0 runs on, so on several machines the run folder should be shared stora
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -32,10 +33,12 @@ from hnp.errors import HnpError
 from hnp.shard_format import Dataset, fold_split
 from train.console import RayOutputToFile
 from train.loop import FoldContext, train_fold
-from train.progress import FoldReporter, ProgressDisplay, start_board
+from train.progress import RESTARTED, FoldReporter, ProgressDisplay, start_board
 from train.wandb_log import fold_run_id, log_epoch, start_fold_run
 
 log = logging.getLogger("hnp.train")
+# Our named actors (the progress boards) live here, so a tool on the same cluster can find a run's board.
+RAY_NAMESPACE = "hnp"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,14 +86,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def report(row: dict[str, float], path: Path) -> None:
         log_epoch(run, row)
         # Ray: every rank reports; rank 0 attaches the fold folder, which Ray copies to storage_path.
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0 else None)
+        try:
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0
+                             else None)
+        except OSError as err:  # the copy to storage: a full or read-only disk, a lost mount
+            raise HnpError(storage_failure(config["storage"], fold, int(row["epoch"]), err)) from err
 
     try:
         train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report, dataset=config["dataset"],
-                   reporter=reporter)
+                   reporter=reporter, state_shown_as=_stored_name(checkpoint, "state.pt"))
     finally:
         if run is not None:
             run.finish()
+
+
+def storage_failure(storage: str, fold: int, epoch: int, err: OSError) -> str:
+    """The message for a checkpoint that could not be stored: where, why, and what still holds."""
+    return (f"ray.storage_path {storage}: could not store fold{fold}'s epoch-{epoch} checkpoint there "
+            f"({err.strerror or err}); the fold's last stored checkpoint is intact: free space there (or set "
+            "ray.storage_path to another place) and relaunch to resume from it")
+
+
+def _stored_name(checkpoint: Any, member: str) -> str | None:
+    """Where a restored checkpoint's file is stored (its path under ray.storage_path), for messages about it."""
+    return None if checkpoint is None else f"{checkpoint.path.rstrip('/')}/{member}"
 
 
 def fit_fold(config: dict[str, Any]) -> None:
@@ -156,17 +175,44 @@ def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, address:
                          "s" if len(pending) > 1 else "", ", ".join(map(str, pending)), ray_log)
             started_here = _init_ray(cfg, address)
             try:
-                board = progress_board_name(cfg, out_dir)
-                display = ProgressDisplay(start_board(board), pending, cfg.train.epochs, output.console,
+                name = progress_board_name(cfg, out_dir)
+                board = start_board(name)
+                display = ProgressDisplay(board, pending, cfg.train.epochs, output.console,
                                           live=output.live and output.enabled)
                 with display, output.logging_to(display):
-                    outcomes.update(_run_folds(cfg, dataset, out_dir, pending, board, display, ray_log))
+                    outcomes.update(_run_folds(cfg, dataset, out_dir, pending, name, display, ray_log))
+                record_resumes(board, out_dir)
             finally:
                 if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
                     import ray
 
                     ray.shutdown()
     return [outcomes[k] for k in range(cfg.folds)]
+
+
+FAULTS_FILE = "faults.jsonl"
+
+
+def record_resumes(board: Any, out_dir: Path) -> list[dict[str, Any]]:
+    """Log each time a fold started from a checkpoint in this launch; the restarts after a worker failure are
+    also appended to `<out_dir>/faults.jsonl`: a fault survived is recorded, never a silent restart.
+
+    Returns:
+        the restarts after a failure.
+    """
+    import ray
+
+    faults = []
+    for event in ray.get(board.resumes.remote()):
+        failure = event["event"] == RESTARTED
+        log.log(logging.WARNING if failure else logging.INFO, "fold%d %s: resumed after epoch %d (the epochs "
+                "checkpointed before are kept, none is trained twice)", event["fold"], event["event"],
+                event["after_epoch"])
+        faults += [event] if failure else []
+    if faults:
+        with open(out_dir / FAULTS_FILE, "a") as handle:
+            handle.writelines(json.dumps(fault) + "\n" for fault in faults)
+    return faults
 
 
 def progress_board_name(cfg: ExperimentConfig, out_dir: Path) -> str:
@@ -183,7 +229,7 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address or os.environ.get("RAY_ADDRESS"):
-        _ray_init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
+        _ray_init(address=address, namespace=RAY_NAMESPACE)  # None reads RAY_ADDRESS; a job ships its own code
         return True
     # A local Ray: the workers import this repository's packages from its root, installed or not.
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -195,7 +241,7 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     # second to see whether the fold's controller is alive; without it every poll fails with a warning, and a
     # dead controller's placement group would never be cleaned up. On this machine only, with token auth.
     _ray_init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=max(os.cpu_count() or 1, wanted),
-              runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+              runtime_env={"env_vars": {"PYTHONPATH": python_path}}, namespace=RAY_NAMESPACE)
     return True
 
 
