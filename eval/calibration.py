@@ -9,8 +9,10 @@
   predicting the prevalence, prevalence * (1 - prevalence): a useful model scores below it.
 - Recalibration (`--calibrate`): Platt scaling (Platt 1999: a logistic regression of the label on the logit of the
   probability) or isotonic regression (Zadrozny & Elkan 2002), one per target, fitted on the pooled out-of-fold
-  predictions per patient and applied to the test patients. Never fitted on test. Both are non-decreasing, so the
-  ranking (ROC AUC) is kept, up to ties isotonic regression makes.
+  predictions per patient and applied to the test patients. Never fitted on test. Both maps are non-decreasing,
+  so the ranking (ROC AUC) is kept, up to the ties isotonic regression makes; where the out-of-fold scores run
+  against the labels (a worse-than-chance fit), Platt's slope is held at 0, the constrained fit: every test
+  patient gets the out-of-fold prevalence, with a warning, rather than a reversed ranking.
 
     y = np.array([0, 0, 1, 1]); p = np.array([0.1, 0.4, 0.35, 0.8])
     calibration_summary(y, p, bins=2)   # ece 0.0875, brier 0.158125, brier_reference 0.25, n 4, bins
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from hnp.errors import HnpError
 from hnp.predictions import label_column, prob_column
 
+log = logging.getLogger("hnp.eval")
 DEFAULT_BINS = 10
 RECALIBRATIONS: tuple[str, ...] = ("platt", "isotonic")
 # Probabilities are clipped this far from 0 and 1 before the logit, so a saturated model stays finite.
@@ -110,6 +114,12 @@ def fit_recalibration(kind: str, y_true: np.ndarray, prob: np.ndarray) -> Recali
         raise HnpError(f"--calibrate {kind}: the out-of-fold predictions hold one class only, nothing to fit")
     if kind == "platt":
         platt = LogisticRegression(C=np.inf).fit(_logit(prob)[:, None], y_true)  # unpenalized: Platt's fit
+        if platt.coef_[0, 0] < 0:
+            prevalence = float(y_true.mean())
+            log.warning("--calibrate platt: the out-of-fold scores fall as HNP becomes likelier (slope %.2f); "
+                        "recalibrated to the out-of-fold prevalence %.3f instead of reversing the ranking",
+                        platt.coef_[0, 0], prevalence)
+            return lambda p: np.full(len(p), prevalence)
         return lambda p: platt.predict_proba(_logit(p)[:, None])[:, 1]
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(np.asarray(prob, float), y_true)
     return lambda p: isotonic.predict(np.asarray(p, dtype=float))

@@ -217,7 +217,6 @@ def compare_reports(dirs: Sequence[Path], *, n_boot: int = 1000, seed: int = 0) 
         common = [t for t in scored_targets(a) if t in scored_targets(b)]
         if not common:
             raise HnpError(f"{name_a} and {name_b} have no target in common")
-        b = b.loc[a.index]
         for target in common:
             rows.append({"a": name_a, "b": name_b, "target": target,
                          **_pair_row(a[label_column(target)].to_numpy(), a[prob_column(target)].to_numpy(),

@@ -186,6 +186,27 @@ def test_point_intervals_equal_a_bootstrap_written_out_with_scikit_learn() -> No
     assert ours["sensitivity_ci_low"] <= ours["sensitivity"] <= ours["sensitivity_ci_high"]
 
 
+def test_undefined_resamples_are_left_out_of_an_interval_not_counted_as_zero() -> None:
+    """Two positive calls in 60: many resamples call no one, and their PPV is undefined, not 0."""
+    rng = np.random.default_rng(2)
+    y, p = rng.integers(0, 2, 60), np.r_[0.9, 0.8, np.full(58, 0.1)]
+    resamples = np.random.default_rng(3).integers(0, 60, (400, 60))
+    ours = point_metrics(y, p, 0.5, resamples, prevalence=None)
+    ppv = []
+    for rows in resamples:
+        called = p[rows] >= 0.5
+        ppv.append(y[rows][called].mean() if called.any() else np.nan)
+    assert np.isnan(ppv).sum() > 20
+    assert (ours["ppv_ci_low"], ours["ppv_ci_high"]) == pytest.approx(np.nanpercentile(ppv, [2.5, 97.5]))
+
+
+def test_platt_never_reverses_the_ranking() -> None:
+    y, p = _sample(300, seed=11)
+    against = _frames(y, 1 - p)  # scores that fall as HNP becomes likelier
+    fixed = recalibrate(against, against, ["L4-5"], "platt")[prob_column("L4-5")]
+    assert np.allclose(fixed, y.mean())
+
+
 def test_operating_points_are_chosen_out_of_fold_and_applied_to_test() -> None:
     oof, test = _frames(*_sample(400, seed=9, sharpen=3.0)), _frames(*_sample(200, seed=10))
     table = operating_points_table(oof, test, ["L4-5"], {"L4-5": 0.5}, {"L4-5": 0.1}, n_boot=50, seed=0)
