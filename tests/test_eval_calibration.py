@@ -189,7 +189,7 @@ def test_point_intervals_equal_a_bootstrap_written_out_with_scikit_learn() -> No
 def test_undefined_resamples_are_left_out_of_an_interval_not_counted_as_zero() -> None:
     """Two positive calls in 60: many resamples call no one, and their PPV is undefined, not 0."""
     rng = np.random.default_rng(2)
-    y, p = rng.integers(0, 2, 60), np.r_[0.9, 0.8, np.full(58, 0.1)]
+    y, p = np.r_[1, 1, rng.integers(0, 2, 58)], np.r_[0.9, 0.8, np.full(58, 0.1)]  # PPV 1 wherever defined
     resamples = np.random.default_rng(3).integers(0, 60, (400, 60))
     ours = point_metrics(y, p, 0.5, resamples, prevalence=None)
     ppv = []
@@ -197,7 +197,7 @@ def test_undefined_resamples_are_left_out_of_an_interval_not_counted_as_zero() -
         called = p[rows] >= 0.5
         ppv.append(y[rows][called].mean() if called.any() else np.nan)
     assert np.isnan(ppv).sum() > 20
-    assert (ours["ppv_ci_low"], ours["ppv_ci_high"]) == pytest.approx(np.nanpercentile(ppv, [2.5, 97.5]))
+    assert (ours["ppv_ci_low"], ours["ppv_ci_high"]) == pytest.approx(np.nanpercentile(ppv, [2.5, 97.5])) == (1, 1)
 
 
 def test_platt_never_reverses_the_ranking() -> None:
