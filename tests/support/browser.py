@@ -57,8 +57,10 @@ class Browser:
         self._read_fd, from_child = os.pipe()
 
         def pipes_at_3_and_4() -> None:  # where --remote-debugging-pipe looks for them
-            os.dup2(to_child, 3)
-            os.dup2(from_child, 4)
+            # copies first: a pipe may already be fd 3 or 4, and dup2 onto itself would keep it close-on-exec
+            reading, writing = os.dup(to_child), os.dup(from_child)
+            os.dup2(reading, 3)
+            os.dup2(writing, 4)
 
         self.process = subprocess.Popen(
             [self.executable, *FLAGS[:-1], f"--user-data-dir={self.profile}", FLAGS[-1]],
