@@ -79,7 +79,8 @@ def clinical_evaluation(patients: pd.DataFrame, oof: pd.DataFrame | None, task: 
     atomic_write(out_dir / "calibration.png", lambda tmp: calibration.plot_calibration(curves, tmp))
     atomic_write(out_dir / "pr.png", lambda tmp: report.plot_precision_recall(patients, task, tmp,
                                                                                 "test set, per patient"))
-    atomic_write(out_dir / "operating_points.csv", lambda tmp: points.to_csv(tmp, index=False, float_format="%.6g"))
+    # full precision: a threshold is one of the out-of-fold scores, and rounding it would move patients across it
+    atomic_write(out_dir / "operating_points.csv", lambda tmp: points.to_csv(tmp, index=False))
     document = {
         "calibration": {"unit": "patient", "bins": options.calibration_bins, "recalibration": options.calibrate,
                         "fitted_on": OOF if options.calibrate else None, "targets": curves},
