@@ -135,10 +135,15 @@ def recalibrate(fit_on: pd.DataFrame, apply_to: pd.DataFrame, targets: Sequence[
         kind: "platt" or "isotonic".
 
     Returns:
-        one column per target, named `prob_<target>` (the recalibrated values), indexed like `apply_to`.
+        one column per target, named `prob_<target>` (the recalibrated values), indexed like `apply_to`; a target
+        whose out-of-fold labels hold one class has nothing to fit and is left out, with a warning.
     """
     columns = {}
     for target in targets:
+        if fit_on[label_column(target)].nunique() < 2:
+            log.warning("--calibrate %s: %s has one class only in the out-of-fold predictions; left uncalibrated",
+                        kind, target)
+            continue
         mapping = fit_recalibration(kind, fit_on[label_column(target)].to_numpy(), fit_on[prob_column(target)])
         columns[prob_column(target)] = mapping(apply_to[prob_column(target)].to_numpy())
     return pd.DataFrame(columns, index=apply_to.index)

@@ -65,14 +65,17 @@ def clinical_evaluation(patients: pd.DataFrame, oof: pd.DataFrame | None, task: 
         raise HnpError(f"--calibrate {options.calibrate} is fitted on the out-of-fold predictions, and the run lacks "
                        "fold*/val_predictions.parquet")
     sets = {name: frame for name, frame in ((OOF, oof), (TEST, patients)) if frame is not None}
-    if options.calibrate:
-        recalibrated = calibration.recalibrate(oof, patients, targets, options.calibrate)
-        sets[TEST_CALIBRATED] = patients.assign(**recalibrated)
-        patients = patients.assign(**{calibrated_column(t): recalibrated[prob_column(t)] for t in targets})
     curves = {target: {name: calibration.calibration_summary(frame[label_column(target)], frame[prob_column(target)],
                                                              options.calibration_bins)
                        for name, frame in sets.items()}
               for target in targets}
+    if options.calibrate:
+        recalibrated = calibration.recalibrate(oof, patients, targets, options.calibrate)
+        fitted = [target for target in targets if prob_column(target) in recalibrated]
+        for target in fitted:
+            curves[target][TEST_CALIBRATED] = calibration.calibration_summary(
+                patients[label_column(target)], recalibrated[prob_column(target)], options.calibration_bins)
+        patients = patients.assign(**{calibrated_column(t): recalibrated[prob_column(t)] for t in fitted})
     prevalence = operating_points.parse_prevalence(options.prevalence, targets)
     points = operating_points.operating_points_table(oof, patients, targets, thresholds, prevalence,
                                                      n_boot=options.bootstrap, seed=options.seed)

@@ -4,6 +4,7 @@ rates with bootstrap intervals), each checked against an independent computation
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from eval.calibration import (
     brier_score,
     calibration_summary,
     expected_calibration_error,
+    fit_recalibration,
     recalibrate,
     reliability_bins,
 )
+from eval.clinical import ClinicalOptions, clinical_evaluation
 from eval.operating_points import (
     OPERATING_POINTS,
     operating_points_table,
@@ -31,7 +34,7 @@ from eval.operating_points import (
 )
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
-from hnp.predictions import calibrated_column, label_column, prob_column
+from hnp.predictions import add_any, calibrated_column, label_column, prob_column
 
 
 def _sample(n: int, seed: int, sharpen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,12 +114,15 @@ def test_recalibration_never_looks_at_test_labels() -> None:
         assert not np.allclose(first, recalibrate(shuffled, test, ["L4-5"], kind))  # the fit is on oof
 
 
-def test_recalibration_refuses_what_it_cannot_fit() -> None:
-    oof = _frames(np.zeros(10, int), np.linspace(0.1, 0.9, 10))
+def test_recalibration_refuses_what_it_cannot_fit(caplog: pytest.LogCaptureFixture) -> None:
+    one_class = _frames(np.zeros(10, int), np.linspace(0.1, 0.9, 10))
     with pytest.raises(HnpError, match="one class only"):
-        recalibrate(oof, oof, ["L4-5"], "platt")
+        fit_recalibration("platt", np.zeros(10), np.linspace(0.1, 0.9, 10))
+    with caplog.at_level(logging.WARNING, logger="hnp.eval"):  # in a report: that target is left uncalibrated
+        assert recalibrate(one_class, one_class, ["L4-5"], "platt").empty
+    assert "L4-5 has one class only in the out-of-fold predictions" in caplog.text
     with pytest.raises(HnpError, match="--calibrate 'beta'"):
-        recalibrate(oof, oof, ["L4-5"], "beta")
+        recalibrate(_frames(np.r_[0, 1], np.r_[0.2, 0.8]), one_class, ["L4-5"], "beta")
 
 
 def _brute_force_threshold(y: np.ndarray, p: np.ndarray, fixed: str, minimum: float) -> tuple[float, float]:
@@ -297,3 +303,33 @@ def test_hnp_eval_calibrate_needs_out_of_fold_predictions(clinical_reports: dict
     assert main(argv) == 2
     assert "--calibrate isotonic is fitted on the out-of-fold predictions" in capsys.readouterr().err
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def _patients(n: int, seed: int) -> pd.DataFrame:
+    """Patients of a level model with planted signal; "any" derived (nearly always positive)."""
+    rng = np.random.default_rng(seed)
+    frame = {"patient": [f"p{i:03d}" for i in range(n)]}
+    for level in LEVELS:
+        y = rng.integers(0, 2, n)
+        frame[label_column(level)], frame[prob_column(level)] = y, expit(2.5 * (y - 0.5) + rng.normal(0, 1, n))
+    return add_any(pd.DataFrame(frame), "levels")
+
+
+def test_clinical_evaluation_writes_its_files_sections_and_columns(tmp_path: Path) -> None:
+    oof, test = _patients(120, 1), _patients(60, 2)
+    oof[label_column("any")] = 1  # one class out of fold: "any" cannot be recalibrated
+    options = ClinicalOptions(calibrate="isotonic", prevalence=("0.1", "L4-5=0.3"), bootstrap=40)
+    thresholds = dict.fromkeys([*LEVELS, "any"], 0.5)
+    result = clinical_evaluation(test, oof, "levels", thresholds, options, tmp_path)
+    assert list(result.sections) == ["Precision-recall", "Calibration", "Operating points"]
+    for name in ("calibration.png", "pr.png", "operating_points.csv"):
+        assert (tmp_path / name).is_file()
+    assert list(result.document["calibration"]["targets"]["L4-5"]) == ["out-of-fold", "test", "test, recalibrated"]
+    assert list(result.document["calibration"]["targets"]["any"]) == ["out-of-fold", "test"]
+    assert calibrated_column("L4-5") in result.patients and calibrated_column("any") not in result.patients
+    assert math.isnan(result.columns.loc["any", "ece_calibrated"])
+    assert result.columns.loc["L4-5", "ece"] == calibration_summary(test["label_L4-5"], test["prob_L4-5"])["ece"]
+    points = result.document["operating_points"]["targets"]
+    assert points["L4-5"]["spec90"]["prevalence"] == 0.3 and points["L3-4"]["spec90"]["prevalence"] == 0.1
+    assert "| L4-5 | spec90 |" in result.sections["Operating points"]
+    assert "| any | test, recalibrated |" not in result.sections["Calibration"]
