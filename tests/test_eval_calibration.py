@@ -226,6 +226,8 @@ def test_operating_points_are_chosen_out_of_fold_and_applied_to_test() -> None:
         assert rows.loc[point, "sensitivity"] == pytest.approx((p[y == 1] >= cut).mean())  # scored on test
         assert rows.loc[point, "specificity"] == pytest.approx((p[y == 0] < cut).mean())
     assert rows.loc["report", "threshold"] == 0.5 and (rows["prevalence"] == 0.1).all()
+    sens, spec = rows["sensitivity"], rows["specificity"]
+    assert np.allclose(rows["ppv_at_prevalence"], sens * 0.1 / (sens * 0.1 + (1 - spec) * 0.9))  # at the given 10%
     alone = operating_points_table(None, test, ["L4-5"], {"L4-5": 0.5}, {}, n_boot=0, seed=0)
     assert alone["point"].tolist() == ["report"] and alone["ppv_at_prevalence"].isna().all()
 
