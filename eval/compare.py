@@ -294,7 +294,8 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
         ax.set_yticks(y, part["target"])
         ax.set(title=f"{a} - {b}", xlabel="ROC AUC difference")
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # no interval at all where a class has a single patient
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")  # the name may be a temporary one (atomic_write)
     plt.close(fig)
