@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("pipeline.preview_cli", "write the preprocessed model inputs (PNG grid + .npy) to check them by eye"),
     "train": ("train.cli", "train the cross-validation folds with Ray (one TorchTrainer per fold, several at once)"),
     "eval": ("eval.cli", "bagged per-patient test metrics, paper-layout tables, ROC plot and Grad-CAM of a run"),
+    "compare": ("eval.compare_cli", "paired AUC differences of evaluations of the same patients (DeLong, bootstrap)"),
     "predict": ("eval.predict_cli", "per-level HNP probability and decision for one patient's radiographs"),
     "demo": ("hnp.demo", "phantom -> validate -> shard -> train -> eval on this machine, with a closing summary"),
 }
