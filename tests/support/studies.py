@@ -22,7 +22,7 @@ STUDY_PLAN: tuple[dict[str | None, tuple[str, ...]], ...] = (
     {"A": ("AP", "LAT"), "B": ("FLEX", "EXT")},
     {None: ("AP", "FLEX")},
 )
-GRAY_STEP = 3  # gray level of row r: 20 + GRAY_STEP * r (JPEG keeps a uniform image's level)
+GRAY_STEP = 3  # gray level of row r: 20 + GRAY_STEP * r (JPEG keeps a uniform image's level): copies <= 4
 
 
 def row_gray(row: int) -> int:
