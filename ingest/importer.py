@@ -19,7 +19,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,15 +182,34 @@ def _convert(jobs: list[Job], workers: int, progress: bool) -> Iterator[dict]:
         # forkserver, not fork: a child forked after OpenCV started its thread pool can deadlock in it
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["ingest.convert"])
-        chunk = max(1, min(16, len(jobs) // (workers * 8)))
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
-            try:
-                for record in pool.map(convert_file, jobs, chunksize=chunk):
-                    yield record
-                    bar.update()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # finish the files in hand, start no others
-                raise
+        size = max(1, min(16, len(jobs) // (workers * 8)))
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_init_worker) as pool:
+            futures = [pool.submit(_convert_chunk, chunk) for chunk in chunks]
+            for records in _results_until_interrupted(futures):
+                yield from records
+                bar.update(len(records))
+
+
+def _convert_chunk(jobs: list[Job]) -> list[dict]:
+    return [convert_file(job) for job in jobs]
+
+
+def _results_until_interrupted(futures: list[Future]) -> Iterator[list[dict]]:
+    """Each future's result, in order. On Ctrl-C: the chunks not started are cancelled, the running ones finish
+    and their records come too, then the interruption goes on."""
+    for position, future in enumerate(futures):
+        try:
+            records = future.result()
+        except KeyboardInterrupt:
+            for later in futures[position:]:
+                later.cancel()
+            finished = wait(futures[position:]).done
+            for rest in futures[position:]:
+                if rest in finished and not rest.cancelled() and rest.exception() is None:
+                    yield rest.result()
+            raise
+        yield records
 
 
 def _init_worker() -> None:
