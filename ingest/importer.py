@@ -28,7 +28,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from ingest.convert import IMAGES_DIR, RECORD_COLUMNS, ConvertSettings, Job, convert_file, quiet_pydicom
+from ingest.convert import (
+    IMAGES_DIR,
+    RECORD_COLUMNS,
+    ConvertSettings,
+    Job,
+    convert_file,
+    keep_freed_memory,
+    quiet_pydicom,
+)
 from ingest.journal import Journal
 from ingest.outputs import INVENTORY, MANIFEST, SKIPPED, ImportTables, SplitRule, assemble, write_tables
 from ingest.sources import Source, find_sources
@@ -170,6 +178,7 @@ def _convert(jobs: list[Job], workers: int, progress: bool) -> Iterator[dict]:
     """Records of the jobs, in job order, with a progress bar."""
     with tqdm(total=len(jobs), desc="import-dicom", unit="file", disable=not progress or not jobs) as bar:
         if workers <= 1 or len(jobs) < 2:
+            keep_freed_memory()
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)  # as in the worker processes: measured alike, and no pool threads to fork
             try:
@@ -215,6 +224,7 @@ def _results_until_interrupted(futures: list[Future]) -> Iterator[list[dict]]:
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it journals what finished, then stops
     cv2.setNumThreads(1)  # parallelism comes from the processes
+    keep_freed_memory()
     quiet_pydicom()
 
 

@@ -10,13 +10,16 @@ percentile of its (non-padding) modality values, the "auto window" of common vie
 and lead markers that a min-max stretch would let decide the contrast.
 
 The Modality and VOI steps are pydicom's own (`apply_modality_lut`, `apply_voi`, `apply_windowing`), applied once to
-every possible stored value (2^8 or 2^16 of them) rather than to every pixel: the result is a lookup table, and the
-image is one table lookup. On a 2 MP 16-bit radiograph that replaces a dozen float64 passes over the image.
+every possible stored value (2^BitsStored of them) rather than to every pixel: the result is a lookup table, and the
+image is one table lookup. On a 5 MP 16-bit radiograph that replaces a dozen float64 passes over the image.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -29,6 +32,10 @@ from ingest.header import text
 
 PERCENTILE_WINDOW = (0.5, 99.5)  # percent: the window of a file that has no VOI LUT and no window
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_LOOKUP_BLOCK = 1 << 19  # pixels per np.take call in `apply_lut`
+# Halves round up: round-number windows put many values exactly half-way between two grey levels, where the float64
+# table and OpenCV's float32 ramp would otherwise round apart. 1/1000 of a grey level is far above float32's error.
+HALF_UP = 1e-3
 
 
 class Skipped(Exception):
@@ -76,6 +83,51 @@ def pixel_skip_reason(ds: Dataset) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Ramp:
+    """A display table that is a straight ramp: `saturate(round(|alpha * held + beta|))` of every stored value, where
+    `held` is the value held at `edge` on the side where the ramp would go below black. OpenCV computes that for a
+    whole 16-bit image (min/max, then convertScaleAbs) in a third of the time of a table lookup."""
+
+    alpha: float
+    beta: float
+    edge: int
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 of (H, W) stored values (int or uint, 8 or 16 bits)."""
+        held = cv2.max(values, self.edge) if self.alpha > 0 else cv2.min(values, self.edge)
+        return cv2.convertScaleAbs(held, alpha=self.alpha, beta=self.beta)
+
+
+@dataclass(frozen=True)
+class DisplayTable:
+    """How every pixel value is displayed.
+
+    Attributes:
+        lut: (2^8 or 2^16,) uint8, the displayed value of each bit pattern of a pixel.
+        values: (lowest, highest) stored value (2^BitsStored of them).
+        ramp: the same table as a Ramp over the stored values, when it is one (checked value by value); else None.
+    """
+
+    lut: np.ndarray
+    values: tuple[int, int]
+    ramp: Ramp | None
+
+    def apply(self, stored: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The displayed image: by the ramp when there is one and no pixel has bits beyond Bits Stored, else by a
+        lookup of each pixel's bit pattern.
+
+        Args:
+            stored: (H, W) pixel values, native byte order.
+            positions: the same pixels as unsigned bit patterns.
+        """
+        if self.ramp is not None and self.lut.size > 256:
+            low, high, _, _ = cv2.minMaxLoc(stored)
+            if self.values[0] <= low and high <= self.values[1]:
+                return self.ramp.apply(stored)
+        return apply_lut(self.lut, positions)
+
+
 def display_image(ds: Dataset) -> np.ndarray:
     """The radiograph as displayed: (H, W) uint8, 0 black.
 
@@ -86,43 +138,110 @@ def display_image(ds: Dataset) -> np.ndarray:
         Skipped: the pixel data does not decode, or every pixel shows the same value.
     """
     try:
+        # the table ignores the unused high bits itself: no corrected copy of the image, a view of native data
+        ds.pixel_array_options(correct_unused_bits=False, view_only=True)
         stored = ds.pixel_array
     except Exception:  # noqa: BLE001 - any decoder failure means the same to the user: it does not decode
         raise Skipped(reasons.UNDECODABLE) from None
     if stored.ndim != 2 or stored.dtype.itemsize not in (1, 2):
         raise Skipped(reasons.UNDECODABLE)
-    # Table positions: the stored value modulo 2^bits, so a signed value indexes as its unsigned bit pattern.
-    positions = stored.astype(stored.dtype.newbyteorder("="), copy=False).view(f"u{stored.dtype.itemsize}")
-    lut = display_lut(ds, positions, signed=stored.dtype.kind == "i")
-    gray = cv2.LUT(positions, lut) if lut.size == 256 else lut[positions]
+    stored = stored.astype(stored.dtype.newbyteorder("="), copy=False)
+    # Table positions: the stored bits as an unsigned number, so a signed value indexes as its bit pattern.
+    positions = stored.view(f"u{stored.dtype.itemsize}")
+    gray = display_table(ds, positions).apply(stored, positions)
     low, high, _, _ = cv2.minMaxLoc(gray)
     if low == high:
         raise Skipped(reasons.BLANK)
     return gray
 
 
-def display_lut(ds: Dataset, positions: np.ndarray, *, signed: bool) -> np.ndarray:
-    """The 8-bit displayed value of every stored value, indexed by the value's unsigned bit pattern.
+def display_table(ds: Dataset, positions: np.ndarray) -> DisplayTable:
+    """How each pixel value is displayed, computed for the 2^BitsStored stored values and spread over the bit
+    patterns that mean each of them.
 
     Args:
-        ds: the file (Modality LUT, VOI LUT, photometric interpretation, pixel padding).
-        positions: the image's stored values as unsigned bit patterns (uint8 or uint16); read only without a VOI.
-        signed: Pixel Representation 1 (two's complement stored values).
+        ds: the file (bits, Modality LUT, VOI LUT, photometric interpretation, pixel padding).
+        positions: the image's pixels as unsigned bit patterns (uint8 or uint16); read only without a VOI.
 
     Raises:
         Skipped: nothing but padding, or a constant image, with no VOI to show it by.
     """
-    bits = positions.dtype.itemsize * 8
-    domain = np.arange(2**bits, dtype=f"u{bits // 8}")
-    values = domain.view(f"i{bits // 8}") if signed else domain  # (2^bits,) every stored value, at its position
+    bits_stored, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation") or 0) == 1
+    meaning = stored_values(positions.dtype.itemsize * 8, bits_stored, signed)  # (2^bits,) value of each pattern
+    lowest = -(1 << (bits_stored - 1)) if signed else 0
+    values = np.arange(lowest, lowest + (1 << bits_stored))  # (2^bits_stored,) every stored value
     modality = apply_modality_lut(values, ds)
     padding = padding_mask(ds, values)
-    shown = _voi_fraction(ds, modality, padding, positions)
+    shown = _voi_fraction(ds, modality, padding, lambda: _value_counts(positions, meaning - lowest, values.size))
     if text(ds, "PhotometricInterpretation").upper() == "MONOCHROME1":
         shown = 1.0 - shown  # after the VOI: MONOCHROME1 shows high values dark
-    lut = np.rint(np.clip(shown, 0.0, 1.0) * 255).astype(np.uint8)
-    lut[padding] = 0
-    return lut
+    by_value = np.rint(np.clip(shown * 255 + HALF_UP, 0, 255)).astype(np.uint8)
+    by_value[padding] = 0
+    ramp = _as_ramp(values.astype(f"{'i' if signed else 'u'}{positions.dtype.itemsize}"), shown, by_value)
+    return DisplayTable(by_value[meaning - lowest], (int(values[0]), int(values[-1])), ramp)
+
+
+def _as_ramp(values: np.ndarray, shown: np.ndarray, by_value: np.ndarray) -> Ramp | None:
+    """The Ramp that gives exactly `by_value` for every one of `values`, or None (a VOI LUT or sigmoid, padding in
+    the picture, a ramp steeper than one grey level per value, or a rounding that float32 makes differently).
+
+    Args:
+        values: every stored value, in the image's dtype.
+        shown: their brightness in [0, 1] before clipping and rounding.
+        by_value: their displayed 8-bit value.
+    """
+    sloped = np.flatnonzero((by_value > 0) & (by_value < 255))
+    if sloped.size < 2:
+        return None
+    first, last = int(sloped[0]), int(sloped[-1])
+    alpha = 255 * float(shown[last] - shown[first]) / float(int(values[last]) - int(values[first]))
+    if alpha == 0:
+        return None
+    beta = 255 * float(shown[first]) - alpha * int(values[first]) + HALF_UP
+    # the value from which on the ramp is above -0.5 (so |.| changes nothing once rounded), on the dark side
+    edge = math.ceil((-0.5 - beta) / alpha) if alpha > 0 else math.floor((-0.5 - beta) / alpha)
+    ramp = Ramp(alpha, beta, int(np.clip(edge, int(values[0]), int(values[-1]))))
+    return ramp if np.array_equal(ramp.apply(values.reshape(1, -1)).ravel(), by_value) else None
+
+
+def stored_values(bits_allocated: int, bits_stored: int, signed: bool) -> np.ndarray:
+    """The stored value each bit pattern of a pixel means: its low `bits_stored` bits, sign-extended when signed
+    (PS3.5 8.1.1: the unused high bits are not part of the value, whatever they hold).
+
+    Args:
+        bits_allocated: 8 or 16.
+        bits_stored: at most bits_allocated.
+        signed: two's complement values (Pixel Representation 1).
+    """
+    values = np.arange(2**bits_allocated, dtype=np.int64) & ((1 << bits_stored) - 1)
+    if signed:
+        values[values >= 1 << (bits_stored - 1)] -= 1 << bits_stored
+    return values
+
+
+def apply_lut(lut: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`lut[positions]` as a uint8 image, fast: OpenCV's LUT for 8 bits; for 16 bits numpy's take, by blocks of
+    rows, whose int64 copy of the indices then stays in the cache (5.6 ms instead of 12 on a 5 MP image).
+
+    Args:
+        lut: (256,) or (65536,) uint8.
+        positions: (H, W) uint8 or uint16 indices.
+    """
+    if lut.size == 256:
+        return cv2.LUT(positions, lut)
+    gray = np.empty(positions.shape, np.uint8)
+    rows = max(1, _LOOKUP_BLOCK // positions.shape[1])
+    for top in range(0, positions.shape[0], rows):
+        np.take(lut, positions[top:top + rows], out=gray[top:top + rows])
+    return gray
+
+
+def _value_counts(positions: np.ndarray, value_index: np.ndarray, size: int) -> np.ndarray:
+    """Pixels per stored value: OpenCV's histogram of the bit patterns (4x faster than np.bincount on a 5 MP 16-bit
+    image; its float32 counts are exact below 2^24 pixels per pattern), added up by the value each pattern means."""
+    bins = 2 ** (positions.dtype.itemsize * 8)
+    by_pattern = cv2.calcHist([positions], [0], None, [bins], [0, bins]).ravel().astype(np.int64)
+    return np.bincount(value_index, weights=by_pattern, minlength=size).astype(np.int64)
 
 
 def padding_mask(ds: Dataset, values: np.ndarray) -> np.ndarray:
@@ -140,7 +259,8 @@ def padding_mask(ds: Dataset, values: np.ndarray) -> np.ndarray:
     return (values >= min(first, last)) & (values <= max(first, last))
 
 
-def _voi_fraction(ds: Dataset, modality: np.ndarray, padding: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def _voi_fraction(ds: Dataset, modality: np.ndarray, padding: np.ndarray,
+                  counts: Callable[[], np.ndarray]) -> np.ndarray:
     """Brightness in [0, 1] of each modality value: the VOI LUT Sequence, else the window, else the percentile
     window. A VOI the file gets wrong (pydicom refuses it: a width below 1, an unknown LUT depth) falls back to the
     percentile window, as viewers do, rather than losing the image."""
@@ -154,7 +274,7 @@ def _voi_fraction(ds: Dataset, modality: np.ndarray, padding: np.ndarray, positi
                 return _window_fraction(ds, modality)
         except (ValueError, TypeError, IndexError, NotImplementedError, AttributeError):
             pass
-    return _percentile_fraction(modality, padding, positions)
+    return _percentile_fraction(modality, padding, counts())
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
@@ -169,11 +289,10 @@ def _window_fraction(ds: Dataset, modality: np.ndarray) -> np.ndarray:
     return (apply_windowing(modality, ds) - low) / (high - low)
 
 
-def _percentile_fraction(modality: np.ndarray, padding: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def _percentile_fraction(modality: np.ndarray, padding: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """A linear window from the PERCENTILE_WINDOW percentiles (inverted CDF, as numpy's method of that name) of the
     image's non-padding modality values; from their minimum and maximum where those percentiles coincide."""
-    counts = np.bincount(positions.ravel(), minlength=modality.size)
-    counts[padding] = 0
+    counts = np.where(padding, 0, counts)
     order = np.argsort(modality, kind="stable")
     cumulative = np.cumsum(counts[order])
     total = int(cumulative[-1])
