@@ -57,8 +57,9 @@ class Journal:
         atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True))
 
     def load(self) -> list[dict]:
-        """Every complete record, oldest first. A last line that a crash cut short is cut off the file, so that the
-        records appended next start on a line of their own; its file is converted again."""
+        """Every readable record, oldest first. A last line that a crash cut short is cut off the file, so that the
+        records appended next start on a line of their own; its file, like that of any line that does not parse,
+        is converted again."""
         path = self.folder / _RECORDS
         if not path.is_file():
             return []
@@ -66,7 +67,13 @@ class Journal:
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             os.truncate(path, complete)
-        return [json.loads(line) for line in data[:complete].splitlines()]
+        records = []
+        for line in data[:complete].splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
 
     def append(self, records: list[dict]) -> None:
         """Add records and make them durable (flushed and fsync'ed) before returning.

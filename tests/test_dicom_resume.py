@@ -1,8 +1,8 @@
 """An interrupted `hnp import-dicom`, run again, converts only what it had not, and ends as an uninterrupted run.
 
-Two interruptions: Ctrl-C (SIGINT to the whole process group, 2 worker processes), and a crash, simulated in the
+Two interruptions: Ctrl-C (SIGINT to the whole process group, 2 worker processes), and crashes, simulated in the
 library: an exception after some files, then the journal's last line cut in half and a stray image left behind, as
-a kill during a write would leave them.
+a kill during a write would leave them; then a second crash of the resumed run, and a third run to the end.
 """
 
 from __future__ import annotations
@@ -55,19 +55,24 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "files": summary.files}
 
 
-def test_a_crashed_import_continues_from_its_journal(small_export: dict, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "out"
-    options = ImportOptions(src=small_export["export"], out=out, labels=small_export["labels"], progress=False)
+def crash_after(files: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next import converts `files` files, then dies."""
     convert, calls = ingest.importer.convert_file, []
 
     def convert_then_crash(job):
-        if len(calls) == 6:
+        if len(calls) == files:
             raise RuntimeError("power cut")
         calls.append(job.source)
         return convert(job)
 
     monkeypatch.setattr(ingest.importer, "convert_file", convert_then_crash)
+
+
+def test_a_crashed_import_continues_from_its_journal(small_export: dict, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    options = ImportOptions(src=small_export["export"], out=out, labels=small_export["labels"], progress=False)
+    crash_after(6, monkeypatch)
     with pytest.raises(RuntimeError, match="power cut"):
         import_dicom(options)
     monkeypatch.undo()
@@ -80,9 +85,14 @@ def test_a_crashed_import_continues_from_its_journal(small_export: dict, tmp_pat
     kept = {image: (out / image).stat().st_mtime_ns for image in complete if image}
     assert len(kept) >= 3
 
+    crash_after(3, monkeypatch)  # and again, once the resumed run has appended three records of its own
+    with pytest.raises(RuntimeError, match="power cut"):
+        import_dicom(options)
+    monkeypatch.undo()
+
     summary = import_dicom(options)
 
-    assert summary.converted == small_export["files"] - 5  # the five complete records were not redone
+    assert summary.converted == small_export["files"] - 5 - 3  # no complete record was redone
     assert _content(out) == small_export["clean"]
     assert not (out / JOURNAL_DIR).exists() and not (out / "images" / "0000099.jpg").exists()
     assert {image: (out / image).stat().st_mtime_ns for image in kept} == kept  # their images were not rewritten
@@ -147,8 +157,13 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr.decode()[-2000:]
     assert b"interrupted" in stderr and b"Traceback" not in stderr
-    journaled = len((out / JOURNAL_DIR / "journal.jsonl").read_bytes().splitlines())
+    records = [json.loads(line) for line in (out / JOURNAL_DIR / "journal.jsonl").read_bytes().splitlines()]
+    journaled = len(records)
     assert 0 < journaled < files
+    # the workers finished the files in hand (Ctrl-C is the driver's), and the driver journaled them all: no image
+    # without its record
+    assert sorted(f"images/{p.name}" for p in (out / "images").iterdir()) == sorted(r["image"] for r in records
+                                                                                    if r["image"])
 
     rerun = subprocess.run([*argv, "--out", str(out)], cwd=REPO, env=env, capture_output=True, timeout=600,
                            check=False)
