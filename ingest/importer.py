@@ -157,13 +157,18 @@ def _plan(sources: list[Source], done: list[dict], options: ImportOptions) -> tu
     for source in sources:
         size, mtime_ns = _stat(source.path)
         record = latest.get(source.name)
-        if record and (record["size"], record["mtime_ns"]) == (size, mtime_ns) and size is not None and (
-                record["image"] is None or (options.out / record["image"]).is_file()):
+        if record is not None and _still_valid(record, size, mtime_ns, options.out):
             records[source.name] = record
-            continue
-        jobs.append(Job(source.path, source.name, next_slot, options.out, options.settings, size, mtime_ns))
-        next_slot += 1
+        else:
+            jobs.append(Job(source.path, source.name, next_slot, options.out, options.settings, size, mtime_ns))
+            next_slot += 1
     return records, jobs
+
+
+def _still_valid(record: dict, size: int | None, mtime_ns: int | None, out: Path) -> bool:
+    """The file is as it was when converted, and its image (if it has one) is still there."""
+    unchanged = size is not None and (record["size"], record["mtime_ns"]) == (size, mtime_ns)
+    return unchanged and (record["image"] is None or (out / record["image"]).is_file())
 
 
 def _stat(path: Path) -> tuple[int | None, int | None]:

@@ -92,7 +92,7 @@ def match_reads(images: pd.DataFrame, reads: pd.DataFrame) -> pd.DataFrame:
     """
     pairs = images[["patient_id", "xray_date"]].rename_axis("image").reset_index().merge(reads, on="patient_id")
     pairs["gap"] = xray_mri_gap_days(pairs["xray_date"], pairs["mri_date"])
-    near = pairs[~too_far_apart(pairs["gap"])]
+    near = pairs[pairs["gap"].notna() & ~too_far_apart(pairs["gap"])]
     # the nearest read; of two equally near, the earlier
     nearest = near.sort_values(["image", "gap", "mri_date"]).drop_duplicates("image").set_index("image")
     matched = nearest[["mri_date", *LEVEL_COLUMNS]].reindex(images.index)

@@ -114,10 +114,7 @@ def _mark_unlabelled(records: pd.DataFrame, reads: pd.DataFrame) -> None:
     from ingest.labels import match_reads
 
     images = records["reason"].isna()
-    dates = pd.to_datetime(records["xray_date"].where(images), format="ISO8601")
-    study = records["patient_id"].fillna("") + "\x00" + records["study_id"].fillna("")
-    records["xray_date"] = dates.groupby(study.where(records["study_id"].fillna("").ne(""))).transform("min")
-    records["xray_date"] = records["xray_date"].fillna(dates)
+    records["xray_date"] = _study_dates(records, images)
     ages = pd.to_numeric(records["age"], errors="coerce")
     low, high = AGE_RANGE
     for reason, bad in ((reasons.NO_DATE, records["xray_date"].isna()), (reasons.NO_AGE, ages.isna()),
@@ -128,6 +125,14 @@ def _mark_unlabelled(records: pd.DataFrame, reads: pd.DataFrame) -> None:
     records.loc[matched.index, "reason"] = matched["reason"]
     for column in ("mri_date", *LEVEL_COLUMNS):
         records[column] = matched[column].reindex(records.index)
+
+
+def _study_dates(records: pd.DataFrame, images: pd.Series) -> pd.Series:
+    """Each image's X-ray date (datetime64): the earliest of its study, which has one MRI read; NaT elsewhere."""
+    dates = pd.to_datetime(records["xray_date"].where(images), format="ISO8601")
+    has_study = records["study_id"].fillna("").ne("")
+    study = (records["patient_id"].fillna("") + "\x00" + records["study_id"].fillna("")).where(has_study)
+    return dates.groupby(study).transform("min").fillna(dates)
 
 
 def _manifest(kept: pd.DataFrame, split: SplitRule) -> pd.DataFrame:
