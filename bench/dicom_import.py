@@ -15,8 +15,9 @@ the display pipeline, JPEGs, journal, inventory) with --workers N. Both write in
 
 `compare` runs bare and import alternately, each in a fresh process, and prints per pair the ratio
 bare / (workers x import) of the seconds each side spends on the files (the target: at least 0.9; with --workers 1
-it is the import's efficiency per core), and the same ratio of whole-process wall times (interpreter start-up and
-imports included: a fixed cost).
+it is the import's efficiency per core), the same ratio of whole-process wall times (interpreter start-up and
+imports included: a fixed cost), with --workers 1 the ratio of CPU seconds on the files (robust when neighbours
+load the machine), and the driver's CPU milliseconds per file.
 """
 
 from __future__ import annotations
@@ -89,16 +90,16 @@ def bare(work: Path) -> None:
     import pydicom
 
     out = Path(tempfile.mkdtemp(dir=work, prefix="bare-"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         for i, path in enumerate(sorted((work / "export").iterdir())):
             pixels = pydicom.dcmread(path).pixel_array
             gray = cv2.normalize(pixels, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
             cv2.imwrite(str(out / f"{i:07d}.jpg"), gray, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         shutil.rmtree(out)
-    print(json.dumps({"side": "bare", "seconds": elapsed}))
+    print(json.dumps({"side": "bare", "seconds": elapsed, "cpu_s": cpu}))
 
 
 def run_import(work: Path, workers: int) -> None:
@@ -109,21 +110,24 @@ def run_import(work: Path, workers: int) -> None:
     from ingest.importer import ImportOptions, import_dicom
 
     out = Path(tempfile.mkdtemp(dir=work, prefix="import-")) / "out"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
-        import_dicom(ImportOptions(src=work / "export", out=out, workers=workers, settings=ConvertSettings(),
-                                   progress=False))
-        elapsed = time.perf_counter() - start
+        summary = import_dicom(ImportOptions(src=work / "export", out=out, workers=workers,
+                                             settings=ConvertSettings(), progress=False))
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         shutil.rmtree(out.parent)
-    print(json.dumps({"side": "import", "workers": workers, "seconds": elapsed}))
+    # cpu_s: this process's CPU time, all of the work with --workers 1; with workers, the driver's alone, which says
+    # whether it could keep up with many more of them
+    print(json.dumps({"side": "import", "workers": workers, "seconds": elapsed, "cpu_s": cpu, "files": summary.files,
+                      "driver_cpu_ms_per_file": round(1000 * cpu / summary.files, 3)}))
 
 
-def _timed(argv: list[str]) -> tuple[float, float]:
-    """(seconds the side reports for its files, wall seconds of the whole process) of one run."""
+def _timed(argv: list[str]) -> tuple[dict, float]:
+    """(what the side reports: its seconds on the files..., wall seconds of the whole process) of one run."""
     start = time.perf_counter()
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"], time.perf_counter() - start
+    return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - start
 
 
 def compare(work: Path, workers: int, rounds: int) -> None:
@@ -132,11 +136,14 @@ def compare(work: Path, workers: int, rounds: int) -> None:
     _timed([*script, "bare", "--work", str(work)])  # warm-up: the page cache, the imports' .pyc files
     pairs = []
     for _ in range(rounds):
-        bare_s, bare_process = _timed([*script, "bare", "--work", str(work)])
-        import_s, import_process = _timed([*script, "import", "--work", str(work), "--workers", str(workers)])
-        pairs.append({"bare_s": bare_s, "import_s": import_s, "ratio": bare_s / (workers * import_s),
-                      "bare_process_s": bare_process, "import_process_s": import_process,
-                      "process_ratio": bare_process / (workers * import_process)})
+        bare, bare_process = _timed([*script, "bare", "--work", str(work)])
+        done, import_process = _timed([*script, "import", "--work", str(work), "--workers", str(workers)])
+        pairs.append({"bare_s": bare["seconds"], "import_s": done["seconds"],
+                      "ratio": bare["seconds"] / (workers * done["seconds"]), "bare_process_s": bare_process,
+                      "import_process_s": import_process, "process_ratio": bare_process / (workers * import_process),
+                      "driver_cpu_ms_per_file": done["driver_cpu_ms_per_file"]})
+        if workers == 1:  # every bit of the import's work is in its process: CPU seconds compare, whatever the load
+            pairs[-1]["cpu_ratio"] = bare["cpu_s"] / done["cpu_s"]
         print(json.dumps({k: round(v, 3) for k, v in pairs[-1].items()}))
     print(json.dumps({"workers": workers, "rounds": rounds,
                       **{f"median_{k}": round(statistics.median(p[k] for p in pairs), 3) for k in pairs[0]}}))

@@ -90,8 +90,8 @@ def keep_freed_memory() -> None:
 
     glibc hands a freed buffer above its mmap threshold back to the kernel and maps fresh zero-filled pages for the
     next one; with two or three 10 MB buffers per radiograph, allocated and freed in changing order, its adaptive
-    threshold kept doing so, and the page faults made reading a file twice as slow as in a bare loop (measured:
-    600 files of 10 MB, 42 ms a file instead of 23). Buffers up to 32 MB (glibc's maximum; a 3000 x 3000 16-bit
+    threshold kept doing so, and the page faults doubled the time per file (measured on 600 files of 10 MB, one
+    process: 46 ms a file, 23 ms with this setting). Buffers up to 32 MB (glibc's maximum; a 3000 x 3000 16-bit
     image is 18 MB) now come from the heap, which keeps up to 512 MB freed before trimming.
     """
     try:
