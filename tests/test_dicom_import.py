@@ -41,6 +41,7 @@ from support.dicom import (
     write_phantom_export,
 )
 
+from hnp.cli import main
 from hnp.levels import LEVEL_COLUMNS
 from hnp.schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from ingest import reasons
@@ -287,9 +288,8 @@ def test_without_labels_an_inventory_lists_what_the_export_holds(tmp_path: Path)
 def test_a_dicomdir_imports_the_files_it_lists(tmp_path: Path) -> None:
     shutil.copytree(pydicom_test_files() / "dicomdirtests", tmp_path / "cd")
     (tmp_path / "cd" / "98892001" / "CT2N" / "6293").unlink()  # listed, but lost
-    run = hnp("import-dicom", str(tmp_path / "cd" / "DICOMDIR"), "--out", str(tmp_path / "out"), "--any-body-part",
-              "--workers", "1")
-    assert run.returncode == 0, run.stderr.decode()
+    assert main(["import-dicom", str(tmp_path / "cd" / "DICOMDIR"), "--out", str(tmp_path / "out"),
+                 "--any-body-part", "--workers", "1", "--no-progress"]) == 0
     inventory = pd.read_csv(tmp_path / "out" / "inventory.csv")
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
     # the three real CR images (MONOCHROME1, 12-bit, rescaled) are imported; the CT and MR images are not
@@ -299,14 +299,18 @@ def test_a_dicomdir_imports_the_files_it_lists(tmp_path: Path) -> None:
     assert not skipped["source"].str.contains("TINY_ALPHA|README|DICOMDIR").any()  # not listed: not inputs
 
 
-def test_a_folder_that_is_not_an_import_or_holds_a_finished_one_is_refused(tmp_path: Path) -> None:
+def test_a_folder_that_is_not_an_import_or_holds_a_finished_one_is_refused(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("keep me")
-    run = hnp("import-dicom", str(tmp_path / "src"), "--out", str(tmp_path / "busy"))
-    assert run.returncode == 2 and b"exists and is not an empty folder" in run.stderr
-    assert hnp("import-dicom", str(tmp_path / "src"), "--out", str(tmp_path / "done")).returncode == 0
-    run = hnp("import-dicom", str(tmp_path / "src"), "--out", str(tmp_path / "done"))
-    assert run.returncode == 2 and b"holds a finished import (inventory.csv)" in run.stderr
-    run = hnp("import-dicom", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new"))
-    assert run.returncode == 2 and b"no such folder or DICOMDIR" in run.stderr
+
+    def refused(src: str, out: str) -> str:
+        assert main(["import-dicom", str(tmp_path / src), "--out", str(tmp_path / out), "--no-progress"]) == 2
+        return capsys.readouterr().err
+
+    assert "exists and is not an empty folder" in refused("src", "busy")
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
+    assert main(["import-dicom", str(tmp_path / "src"), "--out", str(tmp_path / "done"), "--no-progress"]) == 0
+    assert "holds a finished import (inventory.csv)" in refused("src", "done")
+    assert "no such folder or DICOMDIR" in refused("nowhere", "new")
