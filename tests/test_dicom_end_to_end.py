@@ -2,7 +2,8 @@
 
 The export holds phantom DX files in every encoding of `support.dicom.ENCODINGS`, a few files that are not lumbar
 radiographs, and a patient without an MRI read. Checked: every file accounted for, the manifest passes validate, the
-shards hold exactly the imported images with their labels, and the report has numbers.
+shards hold exactly the imported images with their labels, the report has numbers, and no patient ID, study UID or
+date of the DICOM headers is left in the shards, the run or the report.
 """
 
 from __future__ import annotations
@@ -93,3 +94,8 @@ def test_dicom_folder_to_report(tmp_path: Path, ray_tmpdir: Path, capsys: pytest
                for level in LEVELS)
     assert (report / "report.md").read_text().startswith("# Evaluation")
     assert "imported" in capsys.readouterr().out
+    # past the manifest, no patient ID, study UID or X-ray date of the DICOM files remains (shard pseudonymizes)
+    words = {*manifest["patient_id"], *manifest["study_id"], *manifest["xray_date"], *manifest["mri_date"]}
+    downstream = [p for folder in (shards, run, report) for p in folder.rglob("*") if p.is_file()]
+    assert len(downstream) > 20 and any(p.suffix == ".tar" for p in downstream)
+    assert [p for p in downstream if any(w.encode() in p.read_bytes() for w in words)] == []
