@@ -25,8 +25,6 @@ from hnp.levels import LEVEL_COLUMNS, LEVELS
 from ingest import reasons
 from phantom.generate import PhantomConfig, generate
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
 
 @pytest.fixture
 def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -69,7 +67,7 @@ def test_dicom_folder_to_report(tmp_path: Path, ray_tmpdir: Path, capsys: pytest
     assert main(["validate", str(data / "manifest.csv"), "--workers", "2"]) == 0
     assert main(["shard", "--manifest", str(data / "manifest.parquet"), "--out", str(shards), "--workers", "2",
                  "--shard-size", "1MB", "--no-progress"]) == 0
-    assert main(["train", "--config", str(CONFIG), "--shards", str(shards), "--out", str(run),
+    assert main(["train", "--config", "tiny", "--shards", str(shards), "--out", str(run),
                  "--set", "data.image_size=64", "--set", "train.epochs=1", "--set", "wandb.mode=off"]) == 0
     assert main(["eval", "--run", str(run), "--shards", str(shards), "--out", str(report), "--gradcam-top", "2"]) == 0
 
