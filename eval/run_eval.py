@@ -242,6 +242,24 @@ def eval_loader(data: DataConfig, shards: Path, fusion: str, device: torch.devic
     return build_study_loader(data, read_studies(shards, [TEST_SPLIT]), training=False, device=str(device))
 
 
+def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, rule: Any, task: str,
+                   fusion: str = "none") -> pd.DataFrame | None:
+    """The per-patient out-of-fold predictions, or None where the run lacks them.
+
+    youden-oof and --calibrate need them; for the other rules they only add the report's cross-validation
+    calibration and operating-point rows, so fold shards that are missing then cost those rows, not the report.
+    """
+    if not oof:
+        return None
+    try:
+        return oof_patients(oof, options.shards, task, fusion)
+    except HnpError as error:
+        if rule.kind == "youden-oof" or options.calibrate:
+            raise
+        log.warning("%s; the report leaves out its out-of-fold (cross-validation) rows", error)
+        return None
+
+
 def gradcam_targets(task: str) -> dict[str, int]:
     """Targets that get Grad-CAM lists (the model's own; the derived "any" has no logit): target -> output."""
     return {target: output for output, target in enumerate(model_targets(task))}
@@ -297,7 +315,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     images = image_frame(meta, predicted, [f.fold for f in folds], task)
 
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
-    oof_by_patient = oof_patients(oof, options.shards, task, fusion) if oof else None
+    oof_by_patient = oof_for_report(oof, options, rule, task, fusion)
     thresholds = bagging.resolve_thresholds(rule, per_fold, oof_by_patient, task)
     patients = bagging.add_decisions(add_any(bagging.patient_means(images, model_targets(task)), task), thresholds,
                                      task)

@@ -19,6 +19,7 @@ from hnp.errors import HnpError
 # subcommand -> (module holding add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phantom.cli", "write synthetic lumbar radiographs with planted per-level HNP signal"),
+    "import-dicom": ("ingest.cli", "a DICOM export (folder or DICOMDIR) to JPEGs and the manifest, with MRI labels"),
     "validate": ("sharding.validate_cli", "check a manifest against the contract and summarise it"),
     "shard": ("sharding.shard_cli", "patient-grouped folds of WebDataset shards (+ DALI indexes) from a manifest"),
     "preview": ("pipeline.preview_cli", "write the preprocessed model inputs (PNG grid + .npy) to check them by eye"),

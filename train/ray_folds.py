@@ -239,8 +239,9 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     # The dashboard serves Ray's State API, which each fold's PlacementGroupCleaner (Ray Train V2) polls every
     # second to see whether the fold's controller is alive; without it every poll fails with a warning, and a
     # dead controller's placement group would never be cleaned up. On this machine only, with token auth.
-    _ray_init(include_dashboard=True, dashboard_host="127.0.0.1", num_cpus=max(os.cpu_count() or 1, wanted),
-              runtime_env={"env_vars": {"PYTHONPATH": python_path}}, namespace=RAY_NAMESPACE)
+    # address="local": a new Ray of our own, never one another program left running on this machine.
+    _ray_init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+              num_cpus=max(os.cpu_count() or 1, wanted), runtime_env={"env_vars": {"PYTHONPATH": python_path}}, namespace=RAY_NAMESPACE)
     return True
 
 
@@ -252,7 +253,7 @@ def _ray_init(**kwargs: object) -> None:
         ray.init(**kwargs)
     except Exception as err:  # Ray raises bare Exception, ConnectionError or RuntimeError here
         address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
-        where = f"the Ray cluster at {address}" if "address" in kwargs else "a local Ray"
+        where = "a local Ray" if address == "local" else f"the Ray cluster at {address}"
         raise HnpError(f"could not start or join {where}: {err}. On a busy machine, run it again; "
                        "to use a cluster, pass --address or set RAY_ADDRESS") from err
 
