@@ -3,6 +3,7 @@ equal batches per rank in training; view dropout; the study index checked agains
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -16,7 +17,7 @@ from support.studies import build_study_shards, row_gray
 from hnp.config import DataConfig
 from hnp.errors import HnpError
 from hnp.levels import view_id
-from hnp.shard_format import Study, key_row, read_dataset
+from hnp.shard_format import Study, encode_study_index, key_row, read_dataset
 from pipeline.studies import EMPTY_SLOT_VIEW, build_study_loader, kept_films, read_studies, study_vector
 from pipeline.transforms import channel_stats
 
@@ -158,3 +159,17 @@ def test_a_changed_or_missing_study_index_is_named(shards_dir: Path, tmp_path: P
     assert read_dataset(copy).split_shards(["fold0"])  # version 2 still serves image-level work
     with pytest.raises(HnpError, match="split fold0 has no study index .*run `hnp shard` again"):
         read_studies(copy, ["fold0"])
+
+
+def test_a_sample_in_no_study_is_named(shards_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(shards_dir, tmp_path / "shards")
+    index_file = copy / "fold1" / "studies.json"
+    index = json.loads(index_file.read_text())
+    dropped = index["studies"].pop(0)
+    index_file.write_bytes(encode_study_index("fold1", [Study.from_record(s, "test") for s in index["studies"]]))
+    record = json.loads((copy / "dataset.json").read_text())
+    record["splits"]["fold1"]["studies"].update(count=len(index["studies"]),
+                                                sha256=hashlib.sha256(index_file.read_bytes()).hexdigest())
+    (copy / "dataset.json").write_text(json.dumps(record))
+    with pytest.raises(HnpError, match=rf"sample {dropped['films'][0]} of .*fold1-\d+\.tar is in no study"):
+        read_studies(copy, ["fold1"])
