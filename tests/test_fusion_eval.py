@@ -13,9 +13,11 @@ from support.runs import build_run, tiny_config
 from support.studies import build_study_shards
 
 from eval.fusion_eval import STUDIES_TABLE
+from eval.predict import predict_patient
 from eval.samples import read_sample_meta
 from hnp.cli import main
-from hnp.levels import LEVELS
+from hnp.errors import HnpError
+from hnp.levels import LEVELS, VIEWS
 from hnp.predictions import label_column, prob_column
 from hnp.shard_format import read_dataset
 from pipeline import split_shards
@@ -72,3 +74,19 @@ def test_patients_are_the_mean_of_their_studies(world: dict[str, Path]) -> None:
     assert patients["n_images"].max() == 2  # the patient with two studies: two rows bagged
     metrics = json.loads((world["report"] / "metrics.json").read_text())
     assert metrics["fusion"] == "attention" and metrics["n_studies"] == len(studies)
+
+
+def test_predict_fuses_one_patients_films_as_eval_does(world: dict[str, Path], tmp_path: Path) -> None:
+    study = max(read_studies(world["shards"], ["test"]), key=lambda s: len(s.films))
+    paths = []
+    for film in study.films:
+        paths.append(tmp_path / f"{film.key}.jpg")
+        paths[-1].write_bytes(film.read("jpg"))
+    views = [VIEWS[v] for v in study.views]
+    result = predict_patient(world["run"], paths, views=views, device="cpu")
+    row = pd.read_parquet(world["report"] / STUDIES_TABLE).set_index("key").loc[study.key]
+    for level in LEVELS:
+        assert result["targets"][level]["probability"] == pytest.approx(row[prob_column(level)], abs=1e-5)
+    assert len(result["film_weights"]) == len(paths) and sum(result["film_weights"]) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(HnpError, match="--views: a fusion run .attention. needs the view of each image, 7 given"):
+        predict_patient(world["run"], paths, views=views[:-1], device="cpu")
