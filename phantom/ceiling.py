@@ -1,0 +1,163 @@
+"""The ceiling of a phantom: the best ROC AUC any model could reach on it, from the generator's own probabilities.
+
+The ideal observer knows the generator (`phantom.signs`) and, for one radiograph or for all of a patient's films
+together, everything they show of the signs at each level (which signs, how severe), and the patient's age. Its
+probability of HNP at a level is the posterior
+
+    P(HNP | age, shown) = prior * L_hnp / (prior * L_hnp + (1 - prior) * L_other)
+
+with the age-dependent prior of `phantom.anatomy.level_probabilities` and the likelihoods of
+`phantom.signs.level_likelihoods`. Given age and the signs a film shows, nothing else in its pixels depends on the
+labels (hidden signs are not drawn, pose, exposure and the healthy anatomy are drawn independently of them), so no
+model can beat this posterior's AUC in expectation; a model that sees only pixels has to guess age from the spine,
+so it may fall short of it even with unlimited data. "any" uses 1 - prod(1 - P) (levels are independent given age).
+
+`hnp phantom` writes `ceiling.json`, per split ("train", "test", "all"), per scope ("image": every radiograph on
+its own; "patient": all of a patient's films together) and per target (LEVELS, then "any"):
+
+    {"format": "hnp-phantom-ceiling", "version": 1, "difficulty": "paper", "prevalence": "paper", "seed": 0,
+     "patients": 600, "images": 3101,
+     "splits": {"test": {"image": {"L1-2": {"auc": 0.74, "n": 310, "n_pos": 12}, ..., "any": {...}},
+                         "patient": {...}},
+                "train": {...}, "all": {...}}}
+
+"auc" is null where a split has only one class at that target.
+
+    from phantom.ceiling import ceiling_auc, read_ceiling
+    doc = read_ceiling(Path("demo/phantom/ceiling.json"))
+    ceiling_auc(doc, "L4-5", scope="patient", split="test")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from hnp.errors import HnpError
+from hnp.files import atomic_write_text
+from hnp.levels import LEVELS
+from phantom.anatomy import Patient, age_fraction, level_probabilities
+from phantom.signs import level_likelihoods
+
+CEILING_FORMAT = "hnp-phantom-ceiling"
+CEILING_VERSION = 1
+SCOPES: tuple[str, ...] = ("image", "patient")
+CEILING_SPLITS: tuple[str, ...] = ("train", "test", "all")
+TARGETS: tuple[str, ...] = (*LEVELS, "any")
+
+
+def posterior(patient: Patient, films: Iterable[str], base: np.ndarray) -> np.ndarray:
+    """(5,) the ideal observer's P(HNP) per level, LEVELS order, from what these films of the patient show.
+
+    Args:
+        patient: the patient (age, signs, preset).
+        films: the views looked at together: one view for a radiograph, the patient's views for the patient.
+        base: (5,) the data set's prevalence before age modulation (`phantom.anatomy.base_prevalence`).
+    """
+    prior = level_probabilities(patient.age, base)
+    hnp, other = level_likelihoods(patient.signs, age_fraction(patient.age), films, patient.difficulty)
+    joint_hnp, joint_other = prior * hnp, (1.0 - prior) * other
+    total = joint_hnp + joint_other
+    return np.divide(joint_hnp, total, out=prior.copy(), where=total > 0)
+
+
+def any_posterior(level_posteriors: np.ndarray) -> np.ndarray:
+    """P(HNP at one level or more) from per-level posteriors (..., 5): levels are independent given age."""
+    return 1.0 - np.prod(1.0 - level_posteriors, axis=-1)
+
+
+def target_auc(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """ROC AUC with its counts; AUC None when only one class is present.
+
+    Args:
+        labels: (N,) 0/1.
+        scores: (N,) the posterior.
+    """
+    labels = np.asarray(labels, dtype=int)
+    n_pos = int(labels.sum())
+    auc = float(roc_auc_score(labels, scores)) if 0 < n_pos < len(labels) else None
+    return {"auc": auc, "n": int(len(labels)), "n_pos": n_pos}
+
+
+def scope_aucs(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per target (LEVELS, "any"), the posterior's AUC over the rows of `frame`.
+
+    Args:
+        frame: one row per image or patient with `label_<level>` and `posterior_<level>` for every level.
+    """
+    labels = frame[[f"label_{level}" for level in LEVELS]].to_numpy()
+    posteriors = frame[[f"posterior_{level}" for level in LEVELS]].to_numpy()
+    result = {level: target_auc(labels[:, k], posteriors[:, k]) for k, level in enumerate(LEVELS)}
+    result["any"] = target_auc(labels.max(axis=1, initial=0), any_posterior(posteriors))
+    return result
+
+
+def ceiling_document(images: pd.DataFrame, patients: pd.DataFrame, about: dict[str, Any]) -> dict[str, Any]:
+    """The ceiling.json document.
+
+    Args:
+        images: one row per radiograph: `split`, `label_<level>`, `posterior_<level>` (its own evidence).
+        patients: one row per patient: the same columns (all of the patient's films together).
+        about: the data set's description (difficulty, prevalence, seed, ...), stored at the top level.
+    """
+    splits = {}
+    for split in CEILING_SPLITS:
+        def rows(frame: pd.DataFrame, split: str = split) -> pd.DataFrame:
+            return frame if split == "all" else frame[frame["split"] == split]
+
+        splits[split] = {"image": scope_aucs(rows(images)), "patient": scope_aucs(rows(patients))}
+    return {"format": CEILING_FORMAT, "version": CEILING_VERSION, **about, "splits": splits}
+
+
+def write_ceiling(path: Path, document: dict[str, Any]) -> None:
+    """Write ceiling.json atomically."""
+    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+
+
+def read_ceiling(path: Path) -> dict[str, Any]:
+    """Read and check a ceiling.json written by `hnp phantom`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the document (see the module docstring); `doc["splits"][split][scope][target]["auc"]`.
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HnpError(f"{path}: cannot read a ceiling file: {err}") from err
+    if not isinstance(document, dict) or document.get("format") != CEILING_FORMAT:
+        raise HnpError(f"{path}: not a phantom ceiling file (no \"format\": \"{CEILING_FORMAT}\"); "
+                       "it is written by hnp phantom")
+    if document.get("version") != CEILING_VERSION:
+        raise HnpError(f"{path}: ceiling format version {document.get('version')!r}, this hnp reads "
+                       f"version {CEILING_VERSION}")
+    for split in CEILING_SPLITS:
+        for scope in SCOPES:
+            entries = document.get("splits", {}).get(split, {}).get(scope, {})
+            missing = [t for t in TARGETS if not isinstance(entries.get(t), dict) or "auc" not in entries[t]]
+            if missing:
+                raise HnpError(f"{path}: splits.{split}.{scope} lacks {', '.join(missing)}")
+    return document
+
+
+def ceiling_auc(document: dict[str, Any], target: str, scope: str = "patient", split: str = "test") -> float | None:
+    """One ceiling AUC from a document of `read_ceiling`; None where that split has one class only.
+
+    Args:
+        document: from `read_ceiling`.
+        target: a level ("L1-2" ... "L5-S1") or "any".
+        scope: "image" or "patient".
+        split: "train", "test" or "all".
+    """
+    if target not in TARGETS or scope not in SCOPES or split not in CEILING_SPLITS:
+        raise HnpError(f"no ceiling for target {target!r}, scope {scope!r}, split {split!r}: targets are "
+                       f"{', '.join(TARGETS)}; scopes {', '.join(SCOPES)}; splits {', '.join(CEILING_SPLITS)}")
+    return document["splits"][split][scope][target]["auc"]
