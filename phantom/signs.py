@@ -130,10 +130,6 @@ class SignModel:
             return set(self.views) <= films
         return any(self.drawn_in(view, side) for view in films)
 
-    def coverage(self, films: Iterable[str]) -> float:
-        """P(the films show the sign | planted), over the fair coin of its side."""
-        return float(np.mean([self.shown_by(films, side) for side in SIDES]))
-
 
 @dataclass(frozen=True)
 class Difficulty:
@@ -156,6 +152,7 @@ class Difficulty:
     silent: float = 0.0
     segment_play: float = 0.0
     segment_jitter: float = 0.0
+    _shown: dict[frozenset[str], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if tuple(self.signs) != SIGNS:
@@ -164,6 +161,14 @@ class Difficulty:
     @property
     def models(self) -> tuple[SignModel, ...]:
         return tuple(self.signs.values())
+
+    def shown_table(self, films: Iterable[str]) -> np.ndarray:
+        """(7, 2) bool: whether these films together show a planted sign (SIGNS rows) of each side (SIDES columns).
+        Cached per set of views: there are at most 63."""
+        key = frozenset(films)
+        if key not in self._shown:
+            self._shown[key] = np.array([[model.shown_by(key, side) for side in SIDES] for model in self.models])
+        return self._shown[key]
 
 
 @dataclass(frozen=True)
@@ -193,9 +198,8 @@ class LevelSigns:
 
     def visible(self, films: Iterable[str], difficulty: Difficulty) -> np.ndarray:
         """(5, 7) bool: planted and shown by this set of films (one film: what that radiograph shows)."""
-        films = tuple(films)
-        return np.array([[bool(self.planted[k, j]) and model.shown_by(films, self.side[k, j])
-                          for j, model in enumerate(difficulty.models)] for k in range(len(LEVELS))])
+        shown = difficulty.shown_table(films)  # (7, 2)
+        return self.planted & shown[np.arange(len(SIGNS)), (self.side == SIDES[1]).astype(int)]
 
 
 def sample_signs(rng: np.random.Generator, labels: tuple[int, ...], z: float, difficulty: Difficulty) -> LevelSigns:
@@ -241,7 +245,7 @@ def level_likelihoods(signs: LevelSigns, z: float, films: Iterable[str],
     films = tuple(films)
     models = difficulty.models
     shown = signs.visible(films, difficulty)  # (5, 7)
-    coverage = np.array([model.coverage(films) for model in models])  # (7,)
+    coverage = difficulty.shown_table(films).mean(axis=1)  # (7,): P(shown | planted) over the side's coin
     p_hnp = np.array([model.p_hnp for model in models])
     p_other = np.array([model.probability(np.array(False), z) for model in models])
     density_hnp = severity_density(signs.severity, (m.hnp for m in models))
@@ -281,24 +285,24 @@ PAPER = Difficulty(
     name="paper",
     summary="signs split over the views, degeneration without herniation, silent herniations "
             "(tuned to the paper's AUC range at demo scale)",
-    silent=0.3,
+    silent=0.25,
     segment_play=6.0,
     segment_jitter=0.6,
     signs={
-        "narrowing": SignModel(p_hnp=0.5, p_young=0.03, p_old=0.2, hnp=_SEVERE, other=_MILD,
-                               magnitude=(0.22, 0.5), views=LATERAL_FAMILY),
-        "listhesis": SignModel(p_hnp=0.25, p_young=0.01, p_old=0.08, hnp=_SEVERE, other=_MILD,
-                               magnitude=(3.0, 7.0), views=LATERAL_FAMILY),
+        "narrowing": SignModel(p_hnp=0.55, p_young=0.03, p_old=0.2, hnp=_SEVERE, other=_MILD,
+                               magnitude=(0.3, 0.6), views=LATERAL_FAMILY),
+        "listhesis": SignModel(p_hnp=0.3, p_young=0.01, p_old=0.08, hnp=_SEVERE, other=_MILD,
+                               magnitude=(4.0, 9.0), views=LATERAL_FAMILY),
         "instability": SignModel(p_hnp=0.35, p_young=0.03, p_old=0.06, magnitude=(5.0, 7.0),
                                  views=("FLEX", "EXT"), show="all"),
-        "osteophyte": SignModel(p_hnp=0.45, p_young=0.03, p_old=0.25, hnp=_SEVERE, other=_MILD,
-                                magnitude=(2.5, 6.5), views=FRONTAL_FAMILY),
-        "sclerosis": SignModel(p_hnp=0.3, p_young=0.02, p_old=0.12, hnp=_SEVERE, other=_MILD,
-                               magnitude=(2.0, 4.0), views=("AP", "LAT", "FLEX", "EXT")),
-        "scoliosis": SignModel(p_hnp=0.3, p_young=0.02, p_old=0.05, hnp=_SEVERE, other=_MILD,
-                               magnitude=(4.0, 9.0), views=FRONTAL_FAMILY),
-        "facet": SignModel(p_hnp=0.4, p_young=0.02, p_old=0.12, hnp=_SEVERE, other=_MILD,
-                           magnitude=(3.0, 6.0), views=("OBL_L", "OBL_R"), show="side"),
+        "osteophyte": SignModel(p_hnp=0.5, p_young=0.03, p_old=0.25, hnp=_SEVERE, other=_MILD,
+                                magnitude=(3.5, 8.0), views=FRONTAL_FAMILY),
+        "sclerosis": SignModel(p_hnp=0.35, p_young=0.02, p_old=0.12, hnp=_SEVERE, other=_MILD,
+                               magnitude=(2.5, 5.0), views=("AP", "LAT", "FLEX", "EXT")),
+        "scoliosis": SignModel(p_hnp=0.35, p_young=0.02, p_old=0.05, hnp=_SEVERE, other=_MILD,
+                               magnitude=(5.0, 10.0), views=FRONTAL_FAMILY),
+        "facet": SignModel(p_hnp=0.45, p_young=0.02, p_old=0.12, hnp=_SEVERE, other=_MILD,
+                           magnitude=(4.0, 7.0), views=("OBL_L", "OBL_R"), show="side"),
     },
 )
 
