@@ -46,14 +46,16 @@ HARD_DISC_EDGE_MM = 0.4  # extra joint angles (segment play, tilt) may close a d
 # Where each sign lies around its disc, in the disc's frame (across, along): across centre as a multiple of the
 # half-width, then the half-extents across and along as (multiple of the half-width or half-height, mm beyond).
 # The facet joint sits over the pedicle column of the oblique view's "scottie dog" (its eye is at 0.3 x width).
+# The margins hold the largest magnitude of the `paper` preset (phantom.signs): a 9 mm slip, 8 mm spurs reaching
+# 5.5 mm into the body, 5 mm sclerosis bands, a 7 mm facet.
 SIGN_REGIONS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
     "narrowing": (0.0, (1.0, 0.0), (1.0, 0.0)),
-    "listhesis": (0.0, (1.0, 4.0), (1.0, 5.0)),
+    "listhesis": (0.0, (1.0, 6.0), (1.0, 5.0)),
     "instability": (0.0, (1.0, 0.0), (1.0, 0.0)),
-    "osteophyte": (0.0, (1.0, 7.0), (1.0, 6.0)),
-    "sclerosis": (0.0, (1.0, 0.0), (1.0, 5.0)),
+    "osteophyte": (0.0, (1.0, 9.0), (1.0, 6.5)),
+    "sclerosis": (0.0, (1.0, 0.0), (1.0, 6.0)),
     "scoliosis": (0.0, (1.0, 0.0), (1.0, 0.0)),
-    "facet": (0.6, (0.0, 7.0), (0.0, 7.0)),
+    "facet": (0.6, (0.0, 8.0), (0.0, 8.0)),
 }
 
 

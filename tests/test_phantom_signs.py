@@ -9,6 +9,7 @@ herniation (the truth's correlation, not a leak). Instability is measured on eac
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,9 @@ from sklearn.metrics import roc_auc_score
 from support import phantom_pixels as px
 
 from hnp.levels import LEVELS
+from phantom.anatomy import base_prevalence, sample_patient
 from phantom.generate import PhantomConfig, generate
+from phantom.render import render_view
 from phantom.signs import PAPER, SIGNS
 from phantom.truth import read_truth_table
 from phantom.views import LORDOSIS_SHARE
@@ -50,6 +53,7 @@ def measure_image(image: np.ndarray, truth: dict, facet_boxes: dict[str, np.ndar
         "scoliosis": np.abs(wedges),
         "facet": np.array([px.spot_brightness(image, facet_boxes[level], soft_and_bone) for level in LEVELS]),
         "wedge": wedges,
+        "body_angle": np.array([px.body_angle(image, truth, level) for level in LEVELS]),
     }
 
 
@@ -103,38 +107,73 @@ def test_a_facet_shows_only_in_the_oblique_of_its_side(measured: pd.DataFrame) -
     assert abs(auc - 0.5) < HIDDEN_TOLERANCE, f"a facet on the other side measures AUC {auc:.3f}"
 
 
-def segment_deviation(wedges: np.ndarray) -> np.ndarray:
-    """(5,) each level's angle minus its share (LORDOSIS_SHARE) of the motion the other four levels imply."""
+def segment_deviation(angles: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(5,) each level's angle minus its share (LORDOSIS_SHARE) of the motion that the `reference` levels among the
+    other four imply (all four if none is a reference)."""
     share = LORDOSIS_SHARE[1:]
     deviation = []
     for k in range(len(LEVELS)):
-        others = np.delete(np.arange(len(LEVELS)), k)
-        deviation.append(wedges[k] - share[k] * np.median(wedges[others] / share[others]))
+        others = [j for j in range(len(LEVELS)) if j != k]
+        used = [j for j in others if reference[j]] or others
+        deviation.append(angles[k] - share[k] * np.median(angles[used] / share[used]))
     return np.array(deviation)
 
 
+def segment_angles(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One film's (5,) segment angles, the mean of the gap's wedge and the bodies' edge angle (two independent
+    estimates), and which levels look unnarrowed (disc height >= 0.8 of the others'): a narrowed disc loses wedge
+    in extension, so it would bend the whole spine's motion the others are compared with."""
+    film = group.set_index("level").loc[list(LEVELS)]
+    return (film["wedge"] + film["body_angle"]).to_numpy() / 2, -film["narrowing"].to_numpy() >= 0.8
+
+
 def test_instability_shows_only_in_the_flex_and_ext_pair(paper_set: Path, measured: pd.DataFrame) -> None:
-    """Flexion minus extension angle per level, against the share of the whole spine's motion, separates unstable
-    segments; either film alone does not. Narrowed discs are left out: they lose wedge in extension (a stiffer
-    segment), which the narrowing's own measurement accounts for."""
+    """Extension minus flexion angle per level, against its share of the whole spine's motion, separates unstable
+    segments; either film alone does not. Narrowed discs are not scored: they lose wedge in extension (a stiffer
+    segment), which is the narrowing's own sign."""
     patients = read_truth_table(paper_set / "truth_patients.parquet", "patients").set_index(
         ["patient", "level", "sign"])
     films = measured[measured["view"].isin(["FLEX", "EXT"])]
     pairs, singles = [], []
     for patient, group in films.groupby("patient"):
-        wedges = {view: g.set_index("level").loc[list(LEVELS), "wedge"].to_numpy() for view, g in group.groupby("view")}
-        flags = [(patients.loc[(patient, level, "instability"), "observed"],
-                  patients.loc[(patient, level, "instability"), "planted"],
-                  patients.loc[(patient, level, "narrowing"), "planted"]) for level in LEVELS]
-        if len(wedges) == 2:
-            deviation = segment_deviation(wedges["EXT"] - wedges["FLEX"])
-            pairs += [(observed, abs(d)) for (observed, _, narrowed), d in zip(flags, deviation, strict=True)
-                      if not narrowed]
-        for single in wedges.values():
-            singles += [(planted, abs(d)) for (_, planted, narrowed), d in zip(flags, segment_deviation(single),
-                                                                            strict=True) if not narrowed]
+        angles = {view: segment_angles(g) for view, g in group.groupby("view")}
+        reference = np.logical_and.reduce([unnarrowed for _, unnarrowed in angles.values()])
+        scored = [(k, patients.loc[(patient, level, "instability"), "observed"],
+                   patients.loc[(patient, level, "instability"), "planted"]) for k, level in enumerate(LEVELS)
+                  if not patients.loc[(patient, level, "narrowing"), "planted"]]
+        if len(angles) == 2:
+            deviation = segment_deviation(angles["EXT"][0] - angles["FLEX"][0], reference)
+            pairs += [(observed, abs(deviation[k])) for k, observed, _ in scored]
+        for single, _ in angles.values():
+            deviation = segment_deviation(single, reference)
+            singles += [(planted, abs(deviation[k])) for k, _, planted in scored]
     pairs, singles = np.array(pairs), np.array(singles)
     assert pairs[:, 0].sum() >= 30 and singles[:, 0].sum() >= 40
     pair_auc, single_auc = roc_auc_score(pairs[:, 0], pairs[:, 1]), roc_auc_score(singles[:, 0], singles[:, 1])
     assert pair_auc > 0.9, f"FLEX/EXT pairs: AUC {pair_auc:.3f}"
     assert abs(single_auc - 0.5) < HIDDEN_TOLERANCE, f"one FLEX or EXT film alone: AUC {single_auc:.3f}"
+
+
+@pytest.mark.parametrize(("sign", "view"), [("osteophyte", "AP"), ("osteophyte", "OBL_R"), ("sclerosis", "LAT"),
+                                            ("sclerosis", "EXT"), ("facet", "OBL_L")])
+def test_the_box_holds_what_a_local_sign_changes(sign: str, view: str) -> None:
+    """The same film with and without one sign at full severity: the pixels it changes lie in its truth box (grown
+    by the blur's reach). Signs that move the vertebrae (narrowing, listhesis, tilt) change the whole chain."""
+    rng = np.random.default_rng(8)
+    base = sample_patient(rng, base_prevalence("balanced"), PAPER)
+    k, j = LEVELS.index("L4-5"), SIGNS.index(sign)
+    planted = np.zeros_like(base.signs.planted)
+    planted[k, j] = True
+    high = PAPER.models[j].magnitude[1]
+    sick = replace(base, signs=replace(base.signs, planted=planted, severity=planted * 1.0,
+                                       magnitude=planted * high, side=np.full(planted.shape, "L")))
+    healthy = replace(sick, signs=replace(sick.signs, planted=np.zeros_like(planted)))
+    with_sign = render_view(sick, view, np.random.default_rng(1), (512, 400))
+    without = render_view(healthy, view, np.random.default_rng(1), (512, 400))
+    changed = np.abs(with_sign.pixels.astype(int) - without.pixels.astype(int)) > 8
+    x0, y0, x1, y1 = with_sign.boxes[k, j]
+    reach = 4  # pixels: blur (sigma up to 1.6) and JPEG blocks
+    yy, xx = np.mgrid[:512, :400]
+    inside = (xx >= x0 - reach) & (xx <= x1 + reach) & (yy >= y0 - reach) & (yy <= y1 + reach)
+    assert changed.sum() > 30, f"{sign} changed {changed.sum()} pixels in {view}"
+    assert changed[inside].sum() >= 0.98 * changed.sum(), f"{sign} in {view}: {changed[~inside].sum()} pixels outside"

@@ -7,8 +7,9 @@ measures one thing:
 
 - `disc_height`: the dark disc gap's height, as a fraction of the distance between neighbouring disc centres;
 - `wedge`: the angle (degrees) between the two endplates, from the gap's edges column by column;
+- `body_angle`: the angle (degrees) between the anterior edges of the bodies above and below (lateral views);
 - `anterior_step`: how far the body above stands out towards -across (anterior in lateral views) over the body below;
-- `endplate_band`: the brightness of the 1-3 mm inside each endplate over the body further in (sclerosis);
+- `endplate_band`: the brightness of the 1-3 mm inside each endplate over the body 7-9 mm in (sclerosis);
 - `lateral_excess`: the brightness just beyond the body's sides at the disc (spurs);
 - `spot_brightness`: the brightness at the centre of a box (an enlarged facet joint).
 Brightness is divided by the image's bone-to-soft-tissue contrast (`contrast`), so exposure does not matter.
@@ -107,6 +108,26 @@ def wedge(image: np.ndarray, truth: dict, level: str, half_width: float = 0.4) -
     return float(np.degrees(np.arctan(bottom_slope) - np.arctan(top_slope)))
 
 
+def body_angle(image: np.ndarray, truth: dict, level: str) -> float:
+    """Angle in degrees between the -across (anterior, in lateral views) edges of the bodies above and below the
+    disc, each a straight line fitted to the edge over the body's middle (0.15-0.45 pitches from the disc); a narrow
+    disc gap does not disturb it."""
+    half_width, half_height, step = truth[f"{level}_half_width"], truth[f"{level}_half_height"], pitch(truth, level)
+    strip = cv2.GaussianBlur(disc_strip(image, truth, level, 1.5 * half_width, half_height + 0.45 * step),
+                             (0, 0), 1.0)
+    middle, centre = strip.shape[0] // 2, strip.shape[1] // 2
+    near, far = int(half_height + 0.15 * step), int(half_height + 0.45 * step)
+    slopes = []
+    for rows in (np.arange(middle - far, middle - near + 1), np.arange(middle + near, middle + far + 1)):
+        profiles = strip[rows].T  # (across, rows)
+        background = np.median(profiles[:int(0.3 * half_width)], axis=0)
+        inside = np.median(profiles[centre - int(0.4 * half_width):centre + 1], axis=0)
+        edges = rising_crossing(profiles, np.full(len(rows), -1), (background + inside) / 2, 1)
+        ok = np.isfinite(edges)
+        slopes.append(np.polyfit(rows[ok], edges[ok], 1)[0] if ok.sum() >= 3 else 0.0)
+    return float(np.degrees(np.arctan(slopes[0]) - np.arctan(slopes[1])))
+
+
 def contrast(image: np.ndarray, truth: dict) -> tuple[float, float]:
     """(soft tissue, bone) brightness of an image: the darker side just beyond 1.45-1.7 half-widths of each disc
     (clear of the transverse processes at disc height), and the middle of the bodies, medians over the levels."""
@@ -142,28 +163,27 @@ def anterior_step(image: np.ndarray, truth: dict, level: str) -> float:
 
 
 def endplate_band(image: np.ndarray, truth: dict, level: str, soft_and_bone: tuple[float, float]) -> float:
-    """Brightness 0.06-0.16 half-widths (about 1-3 mm) inside each endplate, beyond the cortical rim, minus the body
-    0.3-0.4 half-widths in, over the image's contrast; columns 0.15-0.45 half-widths either side of the centre (away
-    from the spinous process and the pedicles)."""
-    half_width = truth[f"{level}_half_width"]
-    strip = disc_strip(image, truth, level, 0.45 * half_width, 0.45 * pitch(truth, level))
+    """Brightness 0.03-0.08 pitches (about 1-3 mm) inside each endplate, beyond the cortical rim, minus the body
+    0.2-0.25 pitches (7-9 mm) in, over the image's contrast; columns 0.15-0.45 half-widths either side of the centre
+    (away from the spinous process and the pedicles). Pitches, not half-widths, set the depth: a body is as tall in
+    every view, not as wide."""
+    half_width, step = truth[f"{level}_half_width"], pitch(truth, level)
+    strip = disc_strip(image, truth, level, 0.45 * half_width, 0.45 * step)
     top, bottom = gap_edges(strip)
     centre = strip.shape[1] // 2
     columns = np.arange(strip.shape[1])
     use = (np.abs(columns - centre) >= 0.15 * half_width) & np.isfinite(top) & np.isfinite(bottom)
 
-    def mean_at(offsets: np.ndarray) -> float:
+    def mean_at(low: float, high: float) -> float:
+        offsets = np.arange(low * step, high * step + 1e-9, 1.0)
         samples = []
         for edge, direction in ((top[use], -1.0), (bottom[use], 1.0)):
             rows = np.round(edge[None, :] + direction * offsets[:, None]).astype(int)
             samples.append(strip[np.clip(rows, 0, strip.shape[0] - 1), columns[use][None, :]])
         return float(np.mean(np.concatenate(samples, axis=1)))
 
-    def offsets(low: float, high: float) -> np.ndarray:
-        return np.arange(low * half_width, high * half_width + 1e-9, 1.0)
-
     soft, bone = soft_and_bone
-    return (mean_at(offsets(0.06, 0.16)) - mean_at(offsets(0.3, 0.4))) / (bone - soft)
+    return (mean_at(0.03, 0.08) - mean_at(0.2, 0.25)) / (bone - soft)
 
 
 def lateral_excess(image: np.ndarray, truth: dict, level: str, soft_and_bone: tuple[float, float]) -> float:
