@@ -155,9 +155,18 @@ def test_ceiling_json_matches_the_truth_tables(paper_small: Path, tables: dict[s
     assert ceiling_auc(document, "L4-5", "patient", "test") == document["splits"]["test"]["patient"]["L4-5"]["auc"]
 
 
-def test_easy_ceiling_is_one(tmp_path: Path) -> None:
-    generate(PhantomConfig(out=tmp_path / "easy", patients=25, seed=2, size=SMALL, prevalence="balanced"),
+def test_easy_narrows_every_herniation_in_every_film_and_its_ceiling_is_one(tmp_path: Path) -> None:
+    generate(PhantomConfig(out=tmp_path / "easy", patients=40, seed=2, size=SMALL, prevalence="balanced"),
              progress=False)
+    signs = read_truth_table(tmp_path / "easy" / "truth_signs.parquet", "signs")
+    patients = read_truth_table(tmp_path / "easy" / "truth_patients.parquet", "patients")
+    hnp = signs.merge(patients[["patient", "level", "sign", "hnp"]], on=["patient", "level", "sign"])
+    narrowing = hnp[hnp["sign"] == "narrowing"]
+    assert (narrowing["visible"] == narrowing["hnp"]).all() and narrowing["hnp"].sum() > 100
+    images = read_truth_table(tmp_path / "easy" / "truth.parquet", "images")
+    manifest = pd.read_parquet(tmp_path / "easy" / "manifest.parquet")
+    for level, column in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+        assert (images[f"posterior_{level}"] == manifest[column]).all(), level
     document = read_ceiling(tmp_path / "easy" / "ceiling.json")
     for scope in ("image", "patient"):
         assert all(document["splits"]["all"][scope][t]["auc"] == 1.0 for t in (*LEVELS, "any")), scope
