@@ -40,7 +40,7 @@ for _ in $(seq 120); do
 done
 
 echo "== ray job submit"
-ray job submit --address "$address" --working-dir . -- python train/run_folds.py --config configs/tiny.yaml \
+ray job submit --address "$address" --working-dir . -- python train/run_folds.py --config tiny \
     --shards "$work/shards" --out "$work/run" --set train.epochs=1 --set data.image_size=64 \
     --set 'wandb.mode="off"'
 

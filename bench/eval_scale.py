@@ -7,8 +7,8 @@ The world: a phantom (`phantom.generate`, 256x200 px by default) whose train pat
 test images are hard-linked under new names and new patient pseudonyms (copy c of patient P is patient `P-c`) until
 the test split holds N images; the manifest forbids two rows naming one file, a hard link is a distinct path, and
 rendering 20k radiographs would measure the phantom, not eval. Each N gets its own `hnp shard` folder. The run is 4
-fold checkpoints of configs/tiny.yaml's model (timm `test_efficientnet`, random weights, no download), written by
-`tests/eval_run_fixture.build_run` in the `best.pt` format `hnp train` writes, with each fold's
+fold checkpoints of the tiny config's model (timm `test_efficientnet`, random weights, no download), written by
+`tests/support/runs.build_run` in the `best.pt` format `hnp train` writes, with each fold's
 val_predictions.parquet.
 
 Each N runs `hnp eval` as a user would (Grad-CAM top 300 per level, 1000 bootstrap resamples, the run's loader)
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from hnp.config import load_config  # noqa: E402
 from phantom.generate import PhantomConfig, generate  # noqa: E402
 from sharding.build import ShardOptions, shard_manifest  # noqa: E402
-from tests.eval_run_fixture import build_run  # noqa: E402
+from tests.support.runs import build_run  # noqa: E402
 
 LINKS_PER_FOLDER = 1000
 POLL_S = 0.1  # how often the eval process tree's anonymous RSS is sampled
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patients", type=int, default=120,
                         help="phantom patients; about half are test patients, copied up to N (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override configs/tiny.yaml (e.g. data.image_size=64); repeatable")
+                        help="override the tiny config (e.g. data.image_size=64); repeatable")
     parser.add_argument("--gradcam-top", type=int, default=300, help="as hnp eval (default: %(default)s)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="as hnp eval (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hnp-eval-bench"),
@@ -160,13 +160,14 @@ def bench(args: argparse.Namespace) -> list[dict]:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     source = build_phantom(args.work, args.patients, args.size)
-    cfg = load_config(REPO / "configs" / "tiny.yaml", ["wandb.mode='off'", "name=evalscale", *args.overrides])
-    run = build_run(args.work, shard(scaled_manifest(source, args.work / "train-only", 0), args.work / "shards-run"),
-                    cfg)
+    cfg = load_config("tiny", ["wandb.mode='off'", "name=evalscale", *args.overrides])
     results = []
     for images in args.images:
         root = args.work / f"n{images}"
         shards = shard(scaled_manifest(source, root, images), root / "shards")
+        # fold checkpoints of these shards (hnp eval refuses a run made on others): the same training rows and
+        # seeds every time, so the models are the same whatever the number of test images
+        run = build_run(root, shards, cfg)
         load = os.getloadavg()[0]
         log = args.work / f"eval{images}.log"
         result = {"images": images, "load_1min": load,

@@ -54,7 +54,7 @@ from train.loop import FoldContext, Trainer, build_trainer, evaluate, train_one_
 
 log = logging.getLogger("hnp.bench")
 
-PAPER_CONFIG = REPO / "configs" / "paper.yaml"
+PAPER_CONFIG = "paper"
 # Kim et al. 2022: 162,257 training images in 4 patient-grouped folds; a fold's model trains on 3/4 of them and
 # validates on 1/4. One RTX 3090, about 50 minutes per epoch, 2 days 18 hours in all (Methods 2.3).
 PAPER_TRAIN_IMAGES = 162_257
@@ -183,7 +183,7 @@ def plan(args: argparse.Namespace) -> list[Task]:
 
 def bench_config(args: argparse.Namespace, variant: Variant | None, batch: int,
                  threads: int | None = None, dali_device: str = "gpu") -> ExperimentConfig:
-    """configs/paper.yaml with the benchmark's model, size, batch and variant; random init (no download)."""
+    """The paper config with the benchmark's model, size, batch and variant; random init (no download)."""
     overrides = [f"model.name={args.model}", 'model.pretrained="none"', f"data.image_size={args.size}",
                  f"data.batch_size={batch}", "train.grad_accum=1", 'wandb.mode="off"']
     if variant is not None:
@@ -494,8 +494,8 @@ def derive(results: list[Result], epochs: int, folds: int) -> dict[str, Any]:
 
     Args:
         results: the measurements so far.
-        epochs: epochs per fold (configs/paper.yaml).
-        folds: cross-validation folds (configs/paper.yaml).
+        epochs: epochs per fold (the paper config).
+        folds: cross-validation folds (the paper config).
     """
     ratios = {}
     for variant in dict.fromkeys(r.variant for r in results if r.variant):

@@ -1,19 +1,19 @@
 """One fold of the demo-scale model on a phantom, without Ray, scored beside the phantom's ceiling: the cheap way
-to see where a difficulty preset puts a model (the full measurement is `hnp train` + `hnp eval`, BENCHMARKS.md).
+to see where a difficulty preset puts a model (the full measurement is `hnp train` + `hnp eval --truth`,
+docs/phantom.md).
 
     python bench/phantom_fold.py --out /tmp/fold --patients 1600 --difficulty paper --prevalence paper
 
-Makes OUT/phantom (`hnp phantom`) and OUT/shards (`hnp shard`) unless they exist, trains fold 0 of
-configs/tiny.yaml (`test_efficientnet`, 128 px, 4 epochs; `--set` overrides) on folds 1-3 with `train.loop`, and
-prints per level the best epoch's validation ROC AUC per image and per patient (mean of the patient's images) next
-to the ideal observer's on the same images and patients (phantom.ceiling). Validation images are matched to the
-phantom's truth through the `row` their shard metadata carries.
+Makes OUT/phantom (`hnp phantom`) and OUT/shards (`hnp shard`) unless they exist, trains fold 0 of the built-in
+`tiny` config (`test_efficientnet`, 128 px, 4 epochs; `--set` overrides) on folds 1-3 with `train.loop`, and prints
+per level the best epoch's validation ROC AUC per image and per patient (mean of the patient's images) next to the
+ideal observer's on the same images and patients (phantom.ceiling). Validation images are matched to the
+phantom's truth through the manifest row of their sample key (`hnp.shard_format.key_row`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -22,14 +22,13 @@ import pandas as pd
 
 from hnp.cli import main as hnp_main
 from hnp.config import load_config
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.levels import LEVELS
+from hnp.shard_format import key_row
 from phantom.ceiling import scope_aucs
 from phantom.truth import read_truth_table
-from pipeline.dataset import META_EXT, read_samples, split_shards
+from pipeline.dataset import split_shards
 from pipeline.loader import build_loader
 from train.loop import FoldContext, train_fold
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,23 +56,16 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     return phantom, shards
 
 
-def validation_rows(shards: Path) -> dict[str, int]:
-    """Sample key -> manifest row of fold 0's samples, from their metadata."""
-    return {entry.key: int(json.loads(entry.read(META_EXT))["row"])
-            for entry in read_samples(split_shards(shards, ["fold0"]))}
-
-
-def scored_frames(predictions: pd.DataFrame, rows: dict[str, int], phantom: Path) -> dict[str, pd.DataFrame]:
+def scored_frames(predictions: pd.DataFrame, phantom: Path) -> dict[str, pd.DataFrame]:
     """Model and ceiling frames (label_<level>, posterior_<level>) per image and per patient."""
     images = read_truth_table(phantom / "truth.parquet", "images").set_index("row")
     patients = read_truth_table(phantom / "truth_patients.parquet", "patients")
     patient_posterior = patients.drop_duplicates(["patient", "level"]).pivot(index="patient", columns="level",
                                                                             values="posterior")
-    frame = predictions.assign(row=predictions["key"].map(rows))
+    frame = predictions.assign(row=predictions["key"].map(key_row))
     frame["patient"] = images.loc[frame["row"], "patient"].to_numpy()
-    labels = {f"label_{lv}": frame[f"label_{c}"].to_numpy() for lv, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)}
-    model_images = pd.DataFrame({**labels, **{f"posterior_{lv}": frame[f"prob_{c}"].to_numpy()
-                                              for lv, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)}})
+    labels = {f"label_{lv}": frame[f"label_{lv}"].to_numpy() for lv in LEVELS}
+    model_images = pd.DataFrame({**labels, **{f"posterior_{lv}": frame[f"prob_{lv}"].to_numpy() for lv in LEVELS}})
     ceiling_images = pd.DataFrame({**labels, **{f"posterior_{lv}": images.loc[frame["row"], f"posterior_{lv}"]
                                                 .to_numpy() for lv in LEVELS}})
     by_patient = model_images.assign(patient=frame["patient"].to_numpy()).groupby("patient")
@@ -87,15 +79,14 @@ def scored_frames(predictions: pd.DataFrame, rows: dict[str, int], phantom: Path
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     phantom, shards = prepare(args)
-    cfg = load_config(CONFIG, ["wandb.mode='off'", *args.overrides])
+    cfg = load_config("tiny", ["wandb.mode='off'", *args.overrides])
     train_shards = split_shards(shards, ["fold1", "fold2", "fold3"])
     train = build_loader(cfg.data, train_shards, training=True, seed=cfg.train.seed)
     val = build_loader(cfg.data, split_shards(shards, ["fold0"]), training=False, seed=cfg.train.seed)
     fold_dir = args.out / "fold0"
     history = train_fold(cfg, fold_dir, train, val, FoldContext(fold=0))
     predictions = pd.read_parquet(fold_dir / "val_predictions.parquet")
-    aucs = {name: scope_aucs(frame) for name, frame in scored_frames(predictions, validation_rows(shards),
-                                                                     phantom).items()}
+    aucs = {name: scope_aucs(frame) for name, frame in scored_frames(predictions, phantom).items()}
     print(f"{args.difficulty} difficulty, {args.prevalence} prevalence, {args.patients} patients; fold 0 validation, "
           f"best of {len(history)} epochs; overrides {args.overrides}")
     print("| target | " + " | ".join(aucs) + " | positives (images / patients) |")

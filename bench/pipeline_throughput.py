@@ -11,7 +11,7 @@ Measured, each `--repeat` times in rotation (the best of each is kept: on a shar
 slow a measurement down):
 - raw limit: one thread decoding the JPEG bytes already in memory (cv2.imdecode to gray), CLAHE
   (cv2.createCLAHE(2.0, 8x8)) and cv2.resize to 456x456 (INTER_AREA) in a loop; images/s x usable cores.
-- DALI CPU pipeline: the training pipeline of configs/paper.yaml (batch 16, stretch, CLAHE, shuffle buffer, no
+- DALI CPU pipeline: the training pipeline of the paper config (batch 16, stretch, CLAHE, shuffle buffer, no
   augmentation) on num_threads = usable cores, its uint8 batches taken as they come: what the raw limit does.
 - DALI CPU loader: `build_loader` on that pipeline with device cpu: plus the conversion to float32 (N, 3, S, S)
   normalized tensors on the CPU (on a GPU that step runs on the GPU).
@@ -55,8 +55,8 @@ def parse_args() -> argparse.Namespace:
                         help="phantom images and shards, reused when present (default %(default)s)")
     parser.add_argument("--patients", type=int, default=30, help="phantom patients (default %(default)s)")
     parser.add_argument("--size", default="2000x1600", help="phantom image size HxW (default %(default)s)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "paper.yaml",
-                        help="the data section is used (default configs/paper.yaml)")
+    parser.add_argument("--config", default="paper",
+                        help="config name or YAML file; its data section is used (default paper)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all measurements (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader measurement (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to add the DALI GPU pipeline")

@@ -109,7 +109,7 @@ def make_dataset(root: Path, rows: int, distinct: int, size: tuple[int, int]) ->
 def shard_once(manifest: Path, out: Path, workers: int, shard_size: str) -> dict:
     """Run the whole `hnp shard` in this process; report seconds, phases and peak RSS (driver, worker)."""
     from sharding import build
-    from sharding.shards import parse_size
+    from sharding.shards import parse_byte_size
 
     phases = {}
     write_shards = build.write_shards
@@ -123,7 +123,7 @@ def shard_once(manifest: Path, out: Path, workers: int, shard_size: str) -> dict
     build.write_shards = timed_write_shards
     start, cpu = time.perf_counter(), time.process_time()
     summary = build.shard_manifest(build.ShardOptions(manifest=manifest, out=out, workers=workers,
-                                                      shard_bytes=parse_size(shard_size), progress=False))
+                                                      shard_bytes=parse_byte_size(shard_size), progress=False))
     seconds = time.perf_counter() - start
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     shards = [s for split in summary.dataset["splits"].values() for s in split["shards"]]

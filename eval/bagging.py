@@ -16,10 +16,9 @@ patient was obtained for the final decision", with the optimal threshold of each
      patient the same way as the test set. Thresholds are never chosen on the test set itself.
    A target the rule gives no threshold for (no positives in validation) gets 0.5, with a warning.
 
-Data frame columns use the column-safe level names (`L1_2` ... `L5_S1`) plus `any`: `label_<c>`, `prob_<c>`,
-`pred_<c>`. "any" (HNP at one level or more) is the model's own output for the `any` task; for the level tasks
-its score is the highest level probability and its label the OR of the level labels, a summary comparable with
-the paper's baseline task (Table 2), with its own Youden-J threshold per fold.
+The frames follow `hnp.predictions` (`label_<target>`, `prob_<target>`, `pred_<target>`, targets spelled as
+LEVELS plus "any"). "any" (HNP at one level or more) is the model's own output for the `any` task; for the
+level tasks it is derived there (`hnp.predictions.add_any`) and gets its own Youden-J threshold per fold.
 """
 
 from __future__ import annotations
@@ -32,80 +31,40 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from eval.metrics import youden_threshold
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.predictions import ANY, PATIENT, add_any, label_column, pred_column, prob_column, report_targets
+from hnp.scoring import youden_threshold
 
-TASKS = ("any", "levels", "levels_age")
 # The cut-off of a target whose rule gives none (a rare level without positives in every validation fold).
 FALLBACK_THRESHOLD = 0.5
 log = logging.getLogger("hnp.eval")
 
 
-def output_columns(task: str) -> tuple[str, ...]:
-    """The frame columns of the model's probability outputs, in output order."""
-    _check_task(task)
-    return ("any",) if task == "any" else LEVEL_COLUMNS
-
-
-def targets(task: str) -> dict[str, str]:
-    """Display name -> frame column of every target reported for a task (levels, then "any")."""
-    _check_task(task)
-    level_targets = {} if task == "any" else dict(zip(LEVELS, LEVEL_COLUMNS, strict=True))
-    return {**level_targets, "any": "any"}
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise HnpError(f"model task {task!r} is not one of {', '.join(TASKS)}")
-
-
-def bag_folds(images: pd.DataFrame, folds: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
-    """Add the bagged probability `prob_<c>` = mean over folds of `prob_fold{k}_<c>`.
+def bag_folds(images: pd.DataFrame, folds: Sequence[int], targets: Sequence[str]) -> pd.DataFrame:
+    """Add the bagged probability `prob_<target>` = mean over folds of `prob_fold<k>_<target>`.
 
     Args:
         images: one row per image with the per-fold probability columns.
         folds: the fold numbers that predicted.
-        columns: output columns, e.g. LEVEL_COLUMNS.
+        targets: the model's targets (`hnp.predictions.model_targets`).
     """
     if not folds:
         raise HnpError("bagging needs at least one fold model")
-    bagged = {
-        f"prob_{column}": images[[f"prob_fold{k}_{column}" for k in folds]].mean(axis=1) for column in columns
-    }
+    bagged = {prob_column(target): images[[prob_column(target, k) for k in folds]].mean(axis=1) for target in targets}
     return images.assign(**bagged)
 
 
-def add_any(frame: pd.DataFrame, task: str) -> pd.DataFrame:
-    """For the level tasks, add `prob_any` = max of the level probabilities and `label_any` = OR of the labels.
-
-    The `any` task predicts "any" itself, so its frame is returned unchanged; a frame without labels (a new
-    patient in `hnp predict`) gets only `prob_any`.
-    """
-    if task == "any":
-        return frame
-    derived = {"prob_any": frame[[f"prob_{c}" for c in LEVEL_COLUMNS]].max(axis=1)}
-    label_columns = [f"label_{c}" for c in LEVEL_COLUMNS]
-    if all(column in frame for column in label_columns):
-        derived["label_any"] = frame[label_columns].max(axis=1)
-    return frame.assign(**derived)
-
-
-def patient_means(images: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+def patient_means(images: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
     """One row per patient: mean probability and OR of labels over the patient's images, and the image count.
 
     Args:
-        images: one row per image with `patient`, `prob_<c>` and (when known) `label_<c>`.
-        columns: the frame columns to aggregate.
+        images: one row per image with `patient`, `prob_<target>` and (when known) `label_<target>`.
+        targets: the targets to aggregate.
     """
-    grouped = images.groupby("patient", sort=True)
-    label_columns = [f"label_{c}" for c in columns if f"label_{c}" in images]
+    grouped = images.groupby(PATIENT, sort=True)
+    labels = [label_column(t) for t in targets if label_column(t) in images]
     patients = pd.concat(
-        [
-            grouped.size().rename("n_images"),
-            grouped[label_columns].max(),
-            grouped[[f"prob_{c}" for c in columns]].mean(),
-        ],
+        [grouped.size().rename("n_images"), grouped[labels].max(), grouped[[prob_column(t) for t in targets]].mean()],
         axis=1,
     )
     return patients.reset_index()
@@ -144,21 +103,19 @@ def fold_thresholds(
     a warning, when they are missing; `resolve_thresholds` then falls back).
 
     Args:
-        checkpoint_thresholds: the checkpoint's `thresholds`, keyed by level name (`L1-2` or `L1_2`).
-        val_images: the fold's validation predictions (`label_<c>`, `prob_<c>`), or None if absent.
+        checkpoint_thresholds: the checkpoint's `thresholds`, keyed by target.
+        val_images: the fold's validation predictions (`label_<target>`, `prob_<target>`), or None if absent.
         task: the model task.
         fold: the fold number, for error messages.
     """
-    aliases = dict(zip(LEVEL_COLUMNS, LEVELS, strict=True))
-    given = {aliases.get(key, key): float(value) for key, value in checkpoint_thresholds.items()}
     result = {}
-    for name in targets(task):
-        if name in given:
-            result[name] = given[name]
-        elif name == "any" and val_images is not None:
+    for name in report_targets(task):
+        if name in checkpoint_thresholds:
+            result[name] = float(checkpoint_thresholds[name])
+        elif name == ANY and val_images is not None:
             frame = add_any(val_images, task)
-            result[name] = youden_threshold(frame["label_any"].to_numpy(), frame["prob_any"].to_numpy())
-        elif name == "any":
+            result[name] = youden_threshold(frame[label_column(ANY)].to_numpy(), frame[prob_column(ANY)].to_numpy())
+        elif name == ANY:
             log.warning("fold %d: no val_predictions.parquet, so no threshold for the derived 'any'", fold)
             result[name] = math.nan
         else:
@@ -180,7 +137,7 @@ def resolve_thresholds(
         oof_patients: pooled out-of-fold predictions per patient (for `youden-oof`), with "any" added.
         task: the model task.
     """
-    names = targets(task)
+    names = report_targets(task)
     if rule.kind == "fixed":
         return {name: rule.value for name in names}
     if rule.kind == "fold-mean":
@@ -189,8 +146,8 @@ def resolve_thresholds(
     elif oof_patients is None:
         raise HnpError("--threshold youden-oof needs every fold's val_predictions.parquet")
     else:
-        chosen = {name: youden_threshold(oof_patients[f"label_{c}"].to_numpy(), oof_patients[f"prob_{c}"].to_numpy())
-                  for name, c in names.items()}
+        chosen = {name: youden_threshold(oof_patients[label_column(name)].to_numpy(),
+                                         oof_patients[prob_column(name)].to_numpy()) for name in names}
     missing = [name for name, value in chosen.items() if math.isnan(value)]
     if missing:
         log.warning("no %s threshold for %s (validation had one class only, or no predictions): using %.1f there",
@@ -204,7 +161,6 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def add_decisions(patients: pd.DataFrame, thresholds: dict[str, float], task: str) -> pd.DataFrame:
-    """Add `pred_<c>` = 1 where `prob_<c> >= threshold`, per target."""
-    return patients.assign(
-        **{f"pred_{c}": (patients[f"prob_{c}"] >= thresholds[name]).astype(int) for name, c in targets(task).items()}
-    )
+    """Add `pred_<target>` = 1 where `prob_<target> >= threshold`, per reported target."""
+    return patients.assign(**{pred_column(target): (patients[prob_column(target)] >= thresholds[target]).astype(int)
+                              for target in report_targets(task)})

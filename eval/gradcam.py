@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hnp.errors import HnpError
+from hnp.predictions import KEY, PATIENT, label_column, prob_column
 
 
 def last_conv_layer(model: torch.nn.Module) -> str:
@@ -132,25 +133,25 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarra
     return cv2.addWeighted(colour, alpha, base, 1.0 - alpha, 0.0)
 
 
-def select_top(images: pd.DataFrame, targets: dict[str, tuple[str, int]], k: int) -> pd.DataFrame:
+def select_top(images: pd.DataFrame, targets: dict[str, int], k: int) -> pd.DataFrame:
     """The top-K images by bagged probability per target, ties broken by key (see the module docstring).
 
     Args:
-        images: one row per image with `key`, `patient`, `prob_<c>` and `label_<c>`.
-        targets: display name -> (frame column, model output index), the targets that get heatmaps.
+        images: one row per image with `key`, `patient`, `prob_<target>` and `label_<target>` (hnp.predictions).
+        targets: target -> model output index, the targets that get heatmaps.
         k: images per target.
 
     Returns:
         rows `key`, `patient`, `level`, `output`, `rank` (1 = most confident), `probability`, `label`.
     """
     parts = []
-    for name, (column, output) in targets.items():
-        top = images.sort_values([f"prob_{column}", "key"], ascending=[False, True], kind="stable").head(k)
+    for target, output in targets.items():
+        top = images.sort_values([prob_column(target), KEY], ascending=[False, True], kind="stable").head(k)
         parts.append(
             pd.DataFrame({
-                "key": top["key"].to_numpy(), "patient": top["patient"].to_numpy(), "level": name, "output": output,
-                "rank": np.arange(1, len(top) + 1), "probability": top[f"prob_{column}"].to_numpy(),
-                "label": top[f"label_{column}"].to_numpy().astype(int),
+                "key": top[KEY].to_numpy(), "patient": top[PATIENT].to_numpy(), "level": target, "output": output,
+                "rank": np.arange(1, len(top) + 1), "probability": top[prob_column(target)].to_numpy(),
+                "label": top[label_column(target)].to_numpy().astype(int),
             })
         )
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -171,7 +172,7 @@ def export_gradcam(
         cams: one GradCAM per fold model.
         selection: from `select_top`.
         load: key -> (the radiograph as uint8 gray (H, W), the model input (C, S, S) float32).
-        out_dir: the gradcam folder; files go to `<level column>/<rank>_<key>.png|.npy` inside it.
+        out_dir: the gradcam folder; files go to `<level>/<rank>_<key>.png|.npy` inside it.
         resize: the data config's resize mode, to map heatmaps back onto the radiograph.
         batch_size: images per Grad-CAM batch.
 
@@ -195,7 +196,7 @@ def export_gradcam(
 
 def _write_one(row: pd.Series, gray: np.ndarray, heat: np.ndarray, out_dir: Path, resize: str) -> dict:
     full = to_image_resolution(heat, gray.shape[0], gray.shape[1], resize)
-    stem = Path(str(row["level"]).replace("-", "_")) / f"{int(row['rank']):04d}_{row['key']}"
+    stem = Path(str(row["level"])) / f"{int(row['rank']):04d}_{row['key']}"
     (out_dir / stem.parent).mkdir(parents=True, exist_ok=True)
     np.save(out_dir / stem.with_suffix(".npy"), full)
     png = out_dir / stem.with_suffix(".png")

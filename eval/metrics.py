@@ -12,6 +12,7 @@ so the bootstrap resamples patients, not rows (images of one patient are not ind
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,34 +21,15 @@ from sklearn.metrics import (
     average_precision_score,
     precision_recall_fscore_support,
     roc_auc_score,
-    roc_curve,
 )
+
+from hnp.predictions import label_column, prob_column
 
 # The columns of metrics.csv, in order; metrics.json holds the same values keyed by target.
 METRIC_NAMES: tuple[str, ...] = (
     "precision", "recall", "f1", "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "accuracy",
     "threshold", "n", "n_pos",
 )
-
-
-def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """The probability cut-off that maximises Youden's J = sensitivity + specificity - 1 on the ROC curve.
-
-    A sample is called positive when `prob >= threshold` (scikit-learn's convention). Returns NaN when only one
-    class is present, since no cut-off is defined then.
-
-    Args:
-        y_true: 0/1 labels, shape (N,).
-        prob: scores, shape (N,).
-    """
-    y_true = np.asarray(y_true)
-    if len(np.unique(y_true)) < 2:
-        return math.nan
-    fpr, tpr, thresholds = roc_curve(y_true, prob)
-    best = int(np.argmax(tpr - fpr))
-    # roc_curve's first threshold is +inf (nothing called positive); J = 0 there, so it only wins when no
-    # cut-off beats chance, and then "call everything negative" is spelled as a threshold just above the max.
-    return float(min(thresholds[best], np.nextafter(np.max(prob), np.inf)))
 
 
 def bootstrap_auc_ci(
@@ -166,7 +148,7 @@ def class_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> pd.
 
 def metrics_table(
     frame: pd.DataFrame,
-    targets: dict[str, str],
+    targets: Sequence[str],
     thresholds: dict[str, float],
     *,
     n_boot: int = 1000,
@@ -176,20 +158,20 @@ def metrics_table(
     """`binary_metrics` for each target, one row per target, indexed by the target's display name.
 
     Args:
-        frame: holds `label_<column>` and `prob_<column>` for each target column.
-        targets: display name -> column name, e.g. {"L1-2": "L1_2", ..., "any": "any"}.
-        thresholds: display name -> decision cut-off.
+        frame: holds `label_<target>` and `prob_<target>` for each target (`hnp.predictions`).
+        targets: the targets, e.g. `hnp.predictions.report_targets(task)`.
+        thresholds: target -> decision cut-off.
         n_boot: bootstrap resamples per target.
         seed: bootstrap seed (the same for every target, so each target's interval is reproducible alone).
         group_column: column naming each row's patient, when rows are images.
     """
     groups = frame[group_column].to_numpy() if group_column else None
     rows = {
-        name: binary_metrics(
-            frame[f"label_{column}"].to_numpy(), frame[f"prob_{column}"].to_numpy(), thresholds[name],
+        target: binary_metrics(
+            frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy(), thresholds[target],
             n_boot=n_boot, seed=seed, groups=groups,
         )
-        for name, column in targets.items()
+        for target in targets
     }
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_NAMES))
     table.index.name = "target"

@@ -2,8 +2,9 @@
 
 The same steps as `hnp eval`, for a patient outside the shards: each image is checked (`hnp.jpeg`), decoded
 to gray and given the training's evaluation transform (`pipeline.preprocess`); every fold model predicts every
-image; probabilities are bagged over folds, averaged over the images, and compared with the thresholds of
-`eval.bagging` (fold-mean by default).
+image through `hnp eval`'s own `predict_folds` (batched, under the run's autocast on a GPU), so the two commands
+give the same numbers for the same image; probabilities are bagged over folds, averaged over the images, and
+compared with the thresholds of `eval.bagging` (fold-mean by default).
 
     result = predict_patient(Path("runs/tiny"), [Path("ap.jpg"), Path("lat.jpg")])
     print(format_table(result))
@@ -21,11 +22,11 @@ import torch
 
 from eval import bagging
 from eval.gradcam import GradCAM, export_gradcam
-from eval.run_eval import eval_data_config, gradcam_targets, load_folds, read_oof, resolve_device
+from eval.run_eval import eval_data_config, gradcam_targets, load_folds, predict_folds, read_oof, resolve_device
 from hnp.errors import HnpError
+from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
 from hnp.schema import AGE_RANGE
 from pipeline.transforms import decode_gray
-from train.model import outputs_to_predictions
 
 
 def read_radiograph(path: Path) -> np.ndarray:
@@ -72,18 +73,12 @@ def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = Non
     from pipeline import preprocess
 
     inputs = torch.from_numpy(np.stack([preprocess(gray, data) for gray in grays]))
-    torch_device = resolve_device(device)
-    images = pd.DataFrame({"key": [f"image{i + 1}" for i in range(len(grays))], "patient": "patient"})
-    ages = []
-    for fold in folds:
-        outputs = fold.model.to(torch_device)(inputs.to(torch_device))
-        probs, predicted_age = outputs_to_predictions(outputs, task)
-        for i, column in enumerate(bagging.output_columns(task)):
-            images[f"prob_fold{fold.fold}_{column}"] = probs[:, i].cpu().numpy()
-        if predicted_age is not None:
-            ages.append(predicted_age.cpu().numpy())
-    images = bagging.add_any(bagging.bag_folds(images, [f.fold for f in folds], bagging.output_columns(task)), task)
-    patient = bagging.add_any(bagging.patient_means(images, bagging.output_columns(task)), task).iloc[0]
+    keys = [f"image{i + 1}" for i in range(len(grays))]
+    batches = [{"image": inputs[i:i + data.batch_size], "key": keys[i:i + data.batch_size]}
+               for i in range(0, len(keys), data.batch_size)]
+    images = predict_folds(folds, batches, resolve_device(device), total=len(batches)).assign(**{PATIENT: "patient"})
+    images = add_any(bagging.bag_folds(images, [f.fold for f in folds], model_targets(task)), task)
+    patient = add_any(bagging.patient_means(images, model_targets(task)), task).iloc[0]
     oof = read_oof(run, folds) if rule.kind == "fold-mean" else None
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
     thresholds = bagging.resolve_thresholds(rule, per_fold, None, task)
@@ -91,11 +86,11 @@ def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = Non
         write_gradcam(folds, images, grays, inputs, gradcam_dir, data.resize, gradcam_layer)
     return {
         "task": task, "n_images": len(grays), "folds": [f.fold for f in folds], "threshold_rule": threshold,
-        "age": age, "predicted_age": float(np.mean(ages)) if ages else None,
+        "age": age, "predicted_age": float(images[PRED_AGE].mean()) if PRED_AGE in images else None,
         "targets": {
-            name: {"probability": float(patient[f"prob_{column}"]), "threshold": float(thresholds[name]),
-                   "hnp": bool(patient[f"prob_{column}"] >= thresholds[name])}
-            for name, column in bagging.targets(task).items()
+            target: {"probability": float(patient[prob_column(target)]), "threshold": float(thresholds[target]),
+                     "hnp": bool(patient[prob_column(target)] >= thresholds[target])}
+            for target in report_targets(task)
         },
     }
 
@@ -104,12 +99,12 @@ def write_gradcam(folds: Sequence[Any], images: pd.DataFrame, grays: Sequence[np
                   out_dir: Path, resize: str, layer: str | None) -> pd.DataFrame:
     """One bagged Grad-CAM per image and level into `out_dir` (index.csv; label is -1: unknown)."""
     rows = [
-        {"key": key, "patient": "", "level": name, "output": output, "rank": i + 1,
-         "probability": float(images.loc[i, f"prob_{column}"]), "label": -1}
-        for name, (column, output) in gradcam_targets(folds[0].config.model.task).items()
-        for i, key in enumerate(images["key"])
+        {"key": key, "patient": "", "level": target, "output": output, "rank": i + 1,
+         "probability": float(images.loc[i, prob_column(target)]), "label": -1}
+        for target, output in gradcam_targets(folds[0].config.model.task).items()
+        for i, key in enumerate(images[KEY])
     ]
-    by_key = {key: (gray, inputs[i].numpy()) for i, (key, gray) in enumerate(zip(images["key"], grays, strict=True))}
+    by_key = {key: (gray, inputs[i].numpy()) for i, (key, gray) in enumerate(zip(images[KEY], grays, strict=True))}
     cams = [GradCAM(fold.model, layer) for fold in folds]
     return export_gradcam(cams, pd.DataFrame(rows), by_key.__getitem__, out_dir, resize=resize)
 

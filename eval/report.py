@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.bagging import targets
-from eval.metrics import METRIC_NAMES, binary_metrics, class_metrics
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from eval.metrics import binary_metrics, class_metrics
+from hnp.files import atomic_write_text
+from hnp.levels import LEVELS
+from hnp.predictions import ANY, label_column, prob_column, report_targets
 
 # Kim et al. 2022, Table 5 (test set, bagged, per patient): precision, recall, F1, ROC AUC per level. The paper
 # prints one accuracy, 69.1%, in the first row, without saying how it pools the levels.
@@ -37,14 +38,14 @@ def write_metrics(table: pd.DataFrame, out_dir: Path, meta: Mapping[str, Any]) -
     """metrics.csv (one row per target) and metrics.json (`meta` plus {target: {metric: value}}, NaN as null).
 
     Args:
-        table: from `metrics_table`, indexed by target.
+        table: from `metrics_table` (and any further per-target columns, e.g. calibration), indexed by target.
         out_dir: the report folder.
         meta: run-level facts stored beside the metrics (task, threshold rule, counts, bootstrap settings).
     """
     table.to_csv(out_dir / "metrics.csv", index_label="target", float_format="%.6g")
-    per_target = {name: {key: _json_number(row[key]) for key in METRIC_NAMES} for name, row in table.iterrows()}
+    per_target = {name: {key: _json_number(row[key]) for key in table.columns} for name, row in table.iterrows()}
     document = _json_safe({**meta, "metrics": per_target})
-    (out_dir / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
 def _json_number(value: Any) -> float | int | None:
@@ -64,8 +65,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> None:
-    """One ROC curve per target with its AUC in the legend (targets with a single class are left out)."""
+def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> dict[str, float]:
+    """One ROC curve per target with its AUC in the legend (targets with a single class are left out).
+
+    Returns:
+        the AUC of each target drawn, in legend order.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -73,12 +78,14 @@ def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    for name, column in targets(task).items():
-        y, p = patients[f"label_{column}"].to_numpy(), patients[f"prob_{column}"].to_numpy()
+    drawn = {}
+    for name in report_targets(task):
+        y, p = patients[label_column(name)].to_numpy(), patients[prob_column(name)].to_numpy()
         if len(np.unique(y)) < 2:
             continue
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=1.6, ls="--" if name == "any" else "-", label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+        drawn[name] = float(roc_auc_score(y, p))
+        ax.plot(fpr, tpr, lw=1.6, ls="--" if name == ANY else "-", label=f"{name} (AUC {drawn[name]:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)", title=title,
            xlim=(0, 1), ylim=(0, 1.01))
@@ -89,6 +96,42 @@ def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return drawn
+
+
+def plot_precision_recall(patients: pd.DataFrame, task: str, path: Path, title: str) -> dict[str, float]:
+    """One precision-recall curve per target with its average precision (PR AUC) in the legend, and the target's
+    prevalence (a model without skill) as a dotted line of the same colour; single-class targets are left out.
+
+    Returns:
+        the average precision of each target drawn, in legend order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    drawn = {}
+    for name in report_targets(task):
+        y, p = patients[label_column(name)].to_numpy(), patients[prob_column(name)].to_numpy()
+        if len(np.unique(y)) < 2:
+            continue
+        precision, recall, _ = precision_recall_curve(y, p)
+        drawn[name] = float(average_precision_score(y, p))
+        (line,) = ax.plot(recall, precision, lw=1.6, ls="--" if name == ANY else "-",
+                          label=f"{name} (AP {drawn[name]:.3f})", drawstyle="steps-post")
+        ax.axhline(y.mean(), color=line.get_color(), lw=0.7, ls=":")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    if drawn:
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no target has both classes", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return drawn
 
 
 def table5_markdown(table: pd.DataFrame) -> str:
@@ -146,8 +189,9 @@ def cv_table_markdown(folds: Mapping[int, pd.DataFrame], fold_thresholds: Mappin
 def _cv_rows_levels(folds: Mapping[int, pd.DataFrame], thresholds: Mapping[int, Mapping[str, float]],
                     order: list[int]) -> list[tuple[str, str, list[str]]]:
     scored = {
-        k: {name: binary_metrics(folds[k][f"label_{c}"], folds[k][f"prob_{c}"], thresholds[k][name], n_boot=0)
-            for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)}
+        k: {name: binary_metrics(folds[k][label_column(name)], folds[k][prob_column(name)], thresholds[k][name],
+                                 n_boot=0)
+            for name in LEVELS}
         for k in order
     }
     rows = []
@@ -161,9 +205,10 @@ def _cv_rows_levels(folds: Mapping[int, pd.DataFrame], thresholds: Mapping[int, 
 
 def _cv_rows_any(folds: Mapping[int, pd.DataFrame], thresholds: Mapping[int, Mapping[str, float]],
                  order: list[int]) -> list[tuple[str, str, list[str]]]:
-    per_class = {k: class_metrics(folds[k]["label_any"], folds[k]["prob_any"], thresholds[k]["any"]) for k in order}
-    overall = {k: binary_metrics(folds[k]["label_any"], folds[k]["prob_any"], thresholds[k]["any"], n_boot=0)
-               for k in order}
+    y = {k: folds[k][label_column(ANY)] for k in order}
+    p = {k: folds[k][prob_column(ANY)] for k in order}
+    per_class = {k: class_metrics(y[k], p[k], thresholds[k][ANY]) for k in order}
+    overall = {k: binary_metrics(y[k], p[k], thresholds[k][ANY], n_boot=0) for k in order}
     rows = [
         (cls, metric, [_num(per_class[k].loc[cls, key]) for k in order])
         for cls in ("No-HNP", "HNP")
@@ -179,9 +224,7 @@ def write_report(out_dir: Path, sections: Mapping[str, str], title: str) -> Path
     parts = [f"# {title}", ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.strip(), ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write_text(out_dir / "report.md", "\n".join(parts))
 
 
 def cv_heading(task: str) -> str:

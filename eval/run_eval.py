@@ -1,12 +1,13 @@
 """`hnp eval`: the fold models of a run predict the test split, bagged per patient, scored and reported.
 
     hnp eval --run runs/tiny --shards shards --out reports/tiny [--threshold fold-mean] [--gradcam-top 300]
-             [--truth data/phantom/truth.parquet]
+             [--truth data/phantom/truth.parquet] [--calibrate platt|isotonic] [--prevalence 0.1]
 
 Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each
 batch, no augmentation; on a GPU under the run's autocast, bf16 by default, on the CPU in float32). Bagging,
 per-patient means and thresholds follow `eval.bagging`; the files are those of the report contract (DESIGN.md):
-predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, roc.png and gradcam/.
+predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, report.html, roc.png, pr.png,
+calibration.png, operating_points.csv and gradcam/. Calibration and operating points: `eval.clinical`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ import torch
 from tqdm import tqdm
 
 from eval import bagging, report
+from eval.clinical import ClinicalOptions, clinical_evaluation
 from eval.gradcam import GradCAM, export_gradcam, select_top
+from eval.html_report import write_html_report
 from eval.metrics import metrics_table
+from eval.operating_points import parse_prevalence
 from eval.samples import GrayImages, read_sample_meta
 from hnp.config import DataConfig
 from hnp.errors import HnpError
+from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
+from hnp.shard_format import TEST_SPLIT, fold_split, read_dataset
 from train.model import FoldCheckpoint, load_checkpoint, outputs_to_predictions
 
 log = logging.getLogger("hnp.eval")
@@ -48,6 +54,9 @@ class EvalOptions:
     truth: Path | None = None
     bootstrap: int = 1000
     seed: int = 0
+    calibrate: str | None = None
+    prevalence: tuple[str, ...] = ()
+    calibration_bins: int = 10
     device: str = "auto"
     loader: str | None = None
     batch_size: int | None = None
@@ -75,7 +84,28 @@ def load_folds(run_dir: Path) -> list[FoldCheckpoint]:
                            f"fold {first.fold} has {first.config.model.task}")
         if replace(fold.config.data, augment=first.config.data.augment) != first.config.data:
             raise HnpError(f"{run_dir}: fold {fold.fold} was trained with other data settings than fold {first.fold}")
+        if fold.dataset != first.dataset:
+            raise HnpError(f"{run_dir}: fold {fold.fold} trained on shards {fold.dataset or '(not recorded)'}, "
+                           f"fold {first.fold} on {first.dataset or '(not recorded)'}: its models come from two "
+                           "data sets")
     return folds
+
+
+def check_same_shards(folds: Sequence[FoldCheckpoint], shards: Path) -> None:
+    """A run is evaluated on the shards it trained on: other shards' test split may hold its training patients.
+
+    Args:
+        folds: the run's checkpoints (they agree on the shards: `load_folds`).
+        shards: the shard folder given to `hnp eval`.
+    """
+    identity = read_dataset(shards).identity
+    trained_on = folds[0].dataset
+    if not trained_on:
+        log.warning("the run's checkpoints do not record which shards they trained on (written by an older hnp "
+                    "train): cannot check that %s are those shards", shards)
+    elif trained_on != identity:
+        raise HnpError(f"the run trained on shards {trained_on}, but {shards / 'dataset.json'} is {identity}: "
+                       "evaluate it with the shards it trained on")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,36 +124,52 @@ def eval_data_config(folds: Sequence[FoldCheckpoint], loader: str | None, batch_
     return replace(data, loader=loader or data.loader, batch_size=batch_size or data.batch_size)
 
 
+def eval_amp(folds: Sequence[FoldCheckpoint], device: torch.device) -> str:
+    """Autocast for evaluation: the run's own mode on a GPU (bf16 by default), float32 on the CPU."""
+    return folds[0].config.train.amp if device.type == "cuda" else "off"
+
+
 @torch.no_grad()
 def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, Any]], device: torch.device,
-                  amp: str = "off", total: int | None = None) -> pd.DataFrame:
-    """Each fold model's probability for each image: one row per key, `prob_fold{k}_<c>` columns.
+                  total: int | None = None) -> pd.DataFrame:
+    """Each fold model's probability for each image: one row per key, `prob_fold<k>_<target>` columns, plus
+    `pred_age` (the folds' mean, in years) for levels_age. `hnp eval` and `hnp predict` both predict here.
 
-    Every batch goes through every fold model, so each model sees each image exactly once.
+    Every batch goes through every fold model, so each model sees each image exactly once, under `eval_amp`.
 
     Args:
-        folds: the fold checkpoints (models on `device` already).
+        folds: the fold checkpoints; their models are moved to `device`.
         batches: evaluation batches (`image`, `key`).
-        device: where the models are.
-        amp: autocast mode for the forward passes ("bf16", "fp16" or "off").
+        device: where to run the models.
         total: the number of batches, for the progress bar.
     """
     from train.loop import autocast
 
-    columns = bagging.output_columns(folds[0].config.model.task)
+    task, amp = folds[0].config.model.task, eval_amp(folds, device)
+    targets = model_targets(task)
     keys: list[str] = []
     probs: dict[int, list[torch.Tensor]] = {fold.fold: [] for fold in folds}
-    for batch in tqdm(batches, desc="predict test", unit="batch", total=total):
+    ages: list[torch.Tensor] = []
+    for fold in folds:
+        fold.model.to(device)
+    for batch in tqdm(batches, desc="predict", unit="batch", total=total, disable=total is not None and total < 2):
         images = batch["image"].to(device, non_blocking=True)
         keys.extend(batch["key"])
+        batch_ages = []
         for fold in folds:
             with autocast(amp, device):
                 outputs = fold.model(images)
-            probs[fold.fold].append(outputs_to_predictions(outputs, fold.config.model.task)[0].cpu())
-    frame = {"key": keys}
+            fold_probs, fold_age = outputs_to_predictions(outputs, task)
+            probs[fold.fold].append(fold_probs.cpu())
+            batch_ages += [] if fold_age is None else [fold_age.cpu()]
+        if batch_ages:
+            ages.append(torch.stack(batch_ages).mean(dim=0))
+    frame: dict[str, Any] = {KEY: keys}
     for fold_number, parts in probs.items():
-        stacked = torch.cat(parts).numpy() if parts else np.zeros((0, len(columns)), np.float32)
-        frame.update({f"prob_fold{fold_number}_{c}": stacked[:, i] for i, c in enumerate(columns)})
+        stacked = torch.cat(parts).numpy() if parts else np.zeros((0, len(targets)), np.float32)
+        frame.update({prob_column(t, fold_number): stacked[:, i] for i, t in enumerate(targets)})
+    if task == "levels_age":
+        frame[PRED_AGE] = torch.cat(ages).numpy() if ages else np.zeros(0, np.float32)
     return pd.DataFrame(frame)
 
 
@@ -141,9 +187,9 @@ def check_each_once(predicted: pd.DataFrame, meta: pd.DataFrame) -> None:
 
 def image_frame(meta: pd.DataFrame, predicted: pd.DataFrame, folds: Sequence[int], task: str) -> pd.DataFrame:
     """predictions_images: key, patient, view, labels, per-fold and bagged probabilities (+ derived any)."""
-    images = meta.merge(predicted, on="key", how="inner", validate="one_to_one").sort_values("key", kind="stable")
-    images = bagging.bag_folds(images, folds, bagging.output_columns(task))
-    return bagging.add_any(images, task).reset_index(drop=True)
+    images = meta.merge(predicted, on=KEY, how="inner", validate="one_to_one").sort_values(KEY, kind="stable")
+    images = bagging.bag_folds(images, folds, model_targets(task))
+    return add_any(images, task).reset_index(drop=True)
 
 
 def read_oof(run_dir: Path, folds: Sequence[FoldCheckpoint]) -> dict[int, pd.DataFrame] | None:
@@ -154,7 +200,7 @@ def read_oof(run_dir: Path, folds: Sequence[FoldCheckpoint]) -> dict[int, pd.Dat
         if not path.is_file():
             log.warning("%s: missing; no cross-validation tables", path)
             return None
-        frames[fold.fold] = bagging.add_any(pd.read_parquet(path), fold.config.model.task)
+        frames[fold.fold] = add_any(pd.read_parquet(path), fold.config.model.task)
     return frames
 
 
@@ -162,20 +208,36 @@ def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str) -> pd.Da
     """Pooled out-of-fold predictions of all folds, aggregated per patient like the test set (for youden-oof)."""
     from pipeline import split_shards
 
-    tars = split_shards(shards, [f"fold{k}" for k in sorted(oof)])
-    patients = read_sample_meta(tars)[["key", "patient"]]
-    pooled = pd.concat(oof.values(), ignore_index=True).merge(patients, on="key", how="left")
-    if pooled["patient"].isna().any():
+    tars = split_shards(shards, [fold_split(k) for k in sorted(oof)])
+    patients = read_sample_meta(tars)[[KEY, PATIENT]]
+    pooled = pd.concat(oof.values(), ignore_index=True).merge(patients, on=KEY, how="left")
+    if pooled[PATIENT].isna().any():
         raise HnpError(f"val_predictions hold keys not in the fold shards of {shards}, e.g. "
-                       f"{pooled.loc[pooled['patient'].isna(), 'key'].iloc[0]}: were these shards used to train?")
-    columns = bagging.output_columns(task)
-    return bagging.add_any(bagging.patient_means(pooled, columns), task)
+                       f"{pooled.loc[pooled[PATIENT].isna(), KEY].iloc[0]}: were these shards used to train?")
+    return add_any(bagging.patient_means(pooled, model_targets(task)), task)
 
 
-def gradcam_targets(task: str) -> dict[str, tuple[str, int]]:
-    """Targets that get Grad-CAM lists: display name -> (frame column, model output index)."""
-    names = {column: name for name, column in bagging.targets(task).items()}
-    return {names[column]: (column, i) for i, column in enumerate(bagging.output_columns(task))}
+def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, rule: Any,
+                   task: str) -> pd.DataFrame | None:
+    """The per-patient out-of-fold predictions, or None where the run lacks them.
+
+    youden-oof and --calibrate need them; for the other rules they only add the report's cross-validation
+    calibration and operating-point rows, so fold shards that are missing then cost those rows, not the report.
+    """
+    if not oof:
+        return None
+    try:
+        return oof_patients(oof, options.shards, task)
+    except HnpError as error:
+        if rule.kind == "youden-oof" or options.calibrate:
+            raise
+        log.warning("%s; the report leaves out its out-of-fold (cross-validation) rows", error)
+        return None
+
+
+def gradcam_targets(task: str) -> dict[str, int]:
+    """Targets that get Grad-CAM lists (the model's own; the derived "any" has no logit): target -> output."""
+    return {target: output for output, target in enumerate(model_targets(task))}
 
 
 def run_gradcam(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars: Sequence[Path], data: DataConfig,
@@ -208,29 +270,34 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     rule = bagging.parse_threshold_rule(options.threshold)
     folds = load_folds(options.run)
     task = folds[0].config.model.task
+    parse_prevalence(options.prevalence, report_targets(task))  # a bad --prevalence fails before the long pass
+    oof = read_oof(options.run, folds)
+    if options.calibrate and oof is None:
+        raise HnpError(f"--calibrate {options.calibrate} is fitted on the out-of-fold predictions, and {options.run} "
+                       "lacks fold*/val_predictions.parquet")
     device = resolve_device(options.device)
     data = eval_data_config(folds, options.loader, options.batch_size)
     options.out.mkdir(parents=True, exist_ok=True)
 
-    tars = split_shards(options.shards, ["test"])
+    check_same_shards(folds, options.shards)
+    tars = split_shards(options.shards, [TEST_SPLIT])
     meta = read_sample_meta(tars)
     if meta.empty:
         raise HnpError(f"{options.shards}: the test split holds no samples")
-    for fold in folds:
-        fold.model.to(device)
     loader = build_loader(data, tars, training=False, device=str(device))
-    amp = folds[0].config.train.amp if device.type == "cuda" else "off"
-    predicted = predict_folds(folds, loader, device, amp, total=len(loader))
+    predicted = predict_folds(folds, loader, device, total=len(loader))
     check_each_once(predicted, meta)
     images = image_frame(meta, predicted, [f.fold for f in folds], task)
 
-    oof = read_oof(options.run, folds)
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
-    oof_by_patient = oof_patients(oof, options.shards, task) if rule.kind == "youden-oof" and oof else None
+    oof_by_patient = oof_for_report(oof, options, rule, task)
     thresholds = bagging.resolve_thresholds(rule, per_fold, oof_by_patient, task)
-    columns = [*bagging.output_columns(task)]
-    patients = bagging.add_decisions(bagging.add_any(bagging.patient_means(images, columns), task), thresholds, task)
-    table = metrics_table(patients, bagging.targets(task), thresholds, n_boot=options.bootstrap, seed=options.seed)
+    patients = bagging.add_decisions(add_any(bagging.patient_means(images, model_targets(task)), task), thresholds,
+                                     task)
+    table = metrics_table(patients, report_targets(task), thresholds, n_boot=options.bootstrap, seed=options.seed)
+    clinical = clinical_evaluation(patients, oof_by_patient, task, thresholds, ClinicalOptions(
+        options.calibrate, options.prevalence, options.calibration_bins, options.bootstrap, options.seed), options.out)
+    patients, table = clinical.patients, table.join(clinical.columns)
 
     images.to_parquet(options.out / "predictions_images.parquet", index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
@@ -239,6 +306,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
         "unit": "patient", "n_images": len(images), "n_patients": len(patients),
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
+        **clinical.document,
     }
     report.write_metrics(table, options.out, meta_json)
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
@@ -251,8 +319,10 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         from eval.pointing import pointing_game
 
         pointing = pointing_game(gradcam_index, images, thresholds, options.truth, options.out / "gradcam")
-    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images))
+    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images),
+                               clinical.sections)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
+    write_html_report(options.out)
     if options.wandb:
         log_metrics_to_wandb(folds[0].config, table, options.out)
     log.info("wrote %s", options.out)
@@ -261,8 +331,9 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
                     folds: Sequence[FoldCheckpoint], options: EvalOptions, pointing: dict[str, Any] | None,
-                    gradcam_index: pd.DataFrame | None, n_images: int) -> dict[str, str]:
-    """The report.md sections, in order."""
+                    gradcam_index: pd.DataFrame | None, n_images: int,
+                    clinical_sections: dict[str, str]) -> dict[str, str]:
+    """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's."""
     task = folds[0].config.model.task
     n_patients = int(table["n"].iloc[0])
     sections = {
@@ -274,6 +345,7 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
             f"{report.PAPER_TABLE5_ACCURACY:.1%}, pooled over levels).\n\n" + report.table5_markdown(table)
             + "\n\n![ROC curves](roc.png)"
         ),
+        **clinical_sections,
     }
     if oof is not None:
         thresholds = {f.fold: t for f, t in zip(folds, per_fold, strict=True)}
@@ -305,24 +377,16 @@ def gradcam_summary(index: pd.DataFrame, top: int) -> str:
 def log_metrics_to_wandb(cfg: Any, table: pd.DataFrame, out: Path) -> None:
     """The test metrics as the summary of an `eval` run in the experiment's W&B group (offline by default).
 
-    Scalars only, with the training runs' privacy settings: no images, keys, patient pseudonyms or code.
+    Scalars only, through the training runs' initializer (`train.wandb_log.open_run`) and its privacy settings:
+    no images, keys, patient pseudonyms or code.
     """
-    if cfg.wandb.mode == "off":
+    from train.wandb_log import open_run
+
+    run = open_run(cfg, name=f"{cfg.name}-eval", job_type="eval", folder=out)
+    if run is None:
         return
-    import os
-
-    import wandb
-
-    from train.wandb_log import PRIVACY_ENV
-
-    for key, value in PRIVACY_ENV.items():
-        os.environ.setdefault(key, value)
     summary = {f"test/{metric}/{name}": float(value) for name, row in table.iterrows()
                for metric, value in row.items() if not pd.isna(value)}
-    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.name,
-                     name=f"{cfg.name}-eval", job_type="eval", mode=cfg.wandb.mode, dir=str(out),
-                     settings=wandb.Settings(save_code=False, disable_code=True, disable_git=True, console="off",
-                                             x_save_requirements=False))
     try:
         run.log(summary)
         run.summary.update(summary)

@@ -1,13 +1,15 @@
 """Sample metadata and single radiographs of the shards, read through their DALI index files.
 
-Evaluation needs, beside the loader's image batches, each key's patient pseudonym and view (for per-patient
-aggregation and the tables) and, for Grad-CAM, the original radiograph of a few selected keys. Both are read by
-byte range (`pipeline.dataset.read_samples`), so nothing else of the tars is touched.
+Evaluation needs, beside the loader's image batches, each key's patient pseudonym, view and labels (for
+per-patient aggregation and the tables) and, for Grad-CAM, the original radiograph of a few selected keys. Both
+are read by byte range (`pipeline.dataset.read_samples`), so nothing else of the tars is touched.
+
+The labels come from the `.lbl` member, the bytes training and validation read, and the `.json` member's copy
+must agree with them: evaluation and training score against the same truth, or evaluation stops naming the key.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,30 +18,31 @@ import pandas as pd
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS
-from pipeline.dataset import IMAGE_EXT, META_EXT, SampleEntry, read_samples
+from hnp.levels import LEVELS
+from hnp.predictions import ANY, KEY, PATIENT, VIEW, label_column
+from hnp.shard_format import IMAGE_EXT, LABEL_EXT, META_EXT, SampleMeta, decode_label_vector, split_label_vector
+from pipeline.dataset import read_samples
 from pipeline.transforms import decode_gray
 
-META_COLUMNS = ("key", "patient", "view", *(f"label_{c}" for c in LEVEL_COLUMNS), "label_any")
+META_COLUMNS = (KEY, PATIENT, VIEW, *(label_column(level) for level in LEVELS), label_column(ANY))
 
 
 def read_sample_meta(tars: Sequence[Path]) -> pd.DataFrame:
-    """One row per sample of the shards: key, patient (pseudonym), view, label_<c> for each level and any.
+    """One row per sample of the shards: key, patient (pseudonym), view, label_<target> for each level and any.
 
     Args:
         tars: the shard tars, e.g. `pipeline.split_shards(shards, ["test"])`.
     """
     rows = []
-    for entry, data in tqdm(_read_component(read_samples(tars), META_EXT), desc="sample metadata", unit="sample",
-                            leave=False):
-        try:
-            meta = json.loads(data)
-            labels = [int(v) for v in meta["labels"]]
-            if len(labels) != len(LEVEL_COLUMNS):
-                raise ValueError(f"expected {len(LEVEL_COLUMNS)} labels, got {len(labels)}")
-            rows.append((entry.key, str(meta["patient"]), str(meta.get("view") or ""), *labels, int(meta["any"])))
-        except (ValueError, KeyError, TypeError) as err:
-            raise HnpError(f"{entry.shard}: sample {entry.key}: bad metadata ({type(err).__name__}: {err})") from err
+    for entry in tqdm(read_samples(tars), desc="sample metadata", unit="sample", leave=False):
+        where = f"{entry.shard}: sample {entry.key}"
+        meta = SampleMeta.from_json(entry.read(META_EXT), where)
+        fields = split_label_vector(decode_label_vector(entry.read(LABEL_EXT), where)[None])
+        labels = tuple(int(v) for v in fields["labels"][0])
+        if labels != meta.labels or int(fields["any"][0]) != meta.any:
+            raise HnpError(f"{where}: labels {list(labels)} in .{LABEL_EXT} but {list(meta.labels)} in "
+                           f".{META_EXT}: the shard is inconsistent; re-run hnp shard")
+        rows.append((entry.key, meta.patient, meta.view or "", *labels, meta.any))
     frame = pd.DataFrame(rows, columns=list(META_COLUMNS))
     duplicated = frame["key"][frame["key"].duplicated()]
     if not duplicated.empty:
@@ -69,8 +72,3 @@ class GrayImages:
         entry = self._entries[key]
         return decode_gray(entry.read(IMAGE_EXT), f"{entry.shard}: sample {entry.key}")
 
-
-def _read_component(entries: Sequence[SampleEntry], ext: str) -> Iterable[tuple[SampleEntry, bytes]]:
-    """(entry, bytes of its `ext` component) for each entry."""
-    for entry in entries:
-        yield entry, entry.read(ext)

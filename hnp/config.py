@@ -1,8 +1,12 @@
 """Experiment configuration: frozen dataclasses per stage, filled from YAML, overridden with `--set key=value`.
 
 Usage:
-    cfg = load_config("configs/paper.yaml", overrides=["optim.lr=1e-4", "train.epochs=3"])
+    cfg = load_config("paper", overrides=["optim.lr=1e-4", "train.epochs=3"])   # a built-in config, by name
+    cfg = load_config("my-experiment.yaml")                                      # or a YAML file of your own
     save_config(cfg, run_dir / "config.yaml")
+
+The built-in configs (`paper`, `local-3090`, `tiny`) ship inside the package (`hnp/configs/*.yaml`), so they are
+found from an installed copy as well as from a source tree.
 
 An unknown key, in the file or in an override, is an error that names the key (dotted path) and, where one is
 close, the key that was probably meant.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import re
 import types
 import typing
@@ -147,16 +152,39 @@ class ExperimentConfig:
             raise HnpError(f"folds: cross-validation needs at least 2 folds, got {self.folds}")
 
 
+def builtin_configs() -> dict[str, Path]:
+    """The configs that ship with hnp, by name: {"paper": .../hnp/configs/paper.yaml, ...}."""
+    folder = importlib.resources.files("hnp") / "configs"
+    return {entry.name.removesuffix(".yaml"): Path(str(entry)) for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML file: `name_or_path` itself when it exists, else the built-in config of that name.
+
+    Raises:
+        HnpError: neither, naming the built-in configs.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_configs()
+    if str(name_or_path) in builtin:
+        return builtin[str(name_or_path)]
+    raise HnpError(f"{name_or_path}: no such config file, and not a built-in config "
+                   f"({', '.join(sorted(builtin))})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read a YAML config (or start from defaults when `path` is None) and apply `key=value` overrides.
 
     Args:
-        path: a YAML file whose nesting mirrors ExperimentConfig.
+        path: a YAML file whose nesting mirrors ExperimentConfig, or the name of a built-in config ("tiny").
         overrides: dotted keys with YAML values, e.g. ``["optim.lr=1e-4", "data.augment.enabled=true"]``.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = _read_yaml(config_path(path))
     for item in overrides:
         _apply_override(raw, item)
     return build_dataclass(ExperimentConfig, raw, prefix="")
@@ -195,8 +223,6 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise HnpError(f"{path}: config file not found")
     try:
         raw = yaml.load(path.read_text(), Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as err:

@@ -4,7 +4,7 @@
     hnp demo --out demo --patients 600 --workers 2
 
 Each stage is the same command a user runs on real data (shown in the log), with the CPU test scale
-(`configs/tiny.yaml`). Run it again with the same --out and it picks up where it stopped: the phantom and the
+(the built-in `tiny` config). Run it again with the same --out and it picks up where it stopped: the phantom and the
 shards are kept, finished folds are not retrained. At the end a table says how long each stage took, the test
 split's per-level ROC AUC, and which files to open.
 """
@@ -24,7 +24,6 @@ from hnp.levels import LEVELS
 
 log = logging.getLogger("hnp.demo")
 
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the folds (default: 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the phantom and the shards (default: all cores)")
-    parser.add_argument("--config", type=Path, default=TINY_CONFIG, help="training config (default: configs/tiny.yaml)")
+    parser.add_argument("--config", default="tiny", help="training config, a name or a YAML file (default: tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config value (repeatable)")
     parser.add_argument("--gradcam-top", type=int, default=20, metavar="K",
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     paths = DemoPaths(args.out)
     timings: list[tuple[str, float]] = []
     for stage, argv in demo_stages(args, paths):
-        timings.append((stage, _run_stage(stage, argv)))
+        timings.append((stage, _run_stage(stage, argv, getattr(args, "verbose", False))))
     print(summary(paths, timings))
     return 0
 
@@ -95,12 +94,12 @@ def demo_stages(args: argparse.Namespace, paths: DemoPaths) -> list[tuple[str, l
     return stages
 
 
-def _run_stage(stage: str, argv: list[str]) -> float:
+def _run_stage(stage: str, argv: list[str], verbose: bool) -> float:
     from hnp.cli import main
 
     log.info("── %s: hnp %s", stage, " ".join(argv))
     start = time.perf_counter()
-    status = main(argv)
+    status = main(["-v", *argv] if verbose else argv)
     if status != 0:
         raise HnpError(f"the demo stopped at `hnp {argv[0]}` (exit status {status}); its messages are above. "
                        "Fix the cause and run `hnp demo` again: finished stages are kept.")

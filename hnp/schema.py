@@ -1,4 +1,4 @@
-"""The manifest and shard-sample contracts (see DESIGN.md), as constants every stage imports."""
+"""The manifest contract (see DESIGN.md), as constants every stage imports. The shard contract is `hnp.shard_format`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,3 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "image_path", "split", "age",
 OPTIONAL_COLUMNS: tuple[str, ...] = ("view", "sex", "study_id", "xray_date", "mri_date")
 AGE_RANGE: tuple[int, int] = (18, 120)
 MAX_XRAY_MRI_DAYS = 90  # paper: X-ray and MRI within 3 months
-
-# Shard samples: `<key>.jpg`, `<key>.json` and `<key>.lbl`, the latter a little-endian float32 vector
-# that DALI reads as numbers: the 5 level labels (LEVELS order), "any", then age in years.
-LABEL_VECTOR: tuple[str, ...] = (*LEVEL_COLUMNS, "any", "age")

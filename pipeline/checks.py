@@ -6,17 +6,14 @@ only as "nvImageCodec failure"; `explain_failure` turns either into an HnpError 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from pipeline.dataset import IMAGE_EXT, SampleEntry
+from hnp.shard_format import IMAGE_EXT, find_source
+from pipeline.dataset import SampleEntry
 from pipeline.transforms import decode_gray
-
-# DALI's source info: "<tar path>:<byte offset>:<member name>"
-_SOURCE = re.compile(r"(?P<shard>\S+\.tar):\d+:(?P<key>[^\s.:]+)\.\w+")
 
 
 def explain_failure(err: Exception, samples: Sequence[SampleEntry]) -> HnpError:
@@ -27,9 +24,10 @@ def explain_failure(err: Exception, samples: Sequence[SampleEntry]) -> HnpError:
         samples: the samples the failing run can have read; decoded one by one when `err` names none.
     """
     detail = dali_message(str(err))
-    match = _SOURCE.search(str(err))
-    if match:
-        return HnpError(f"{match['shard']}: sample {match['key']}: undecodable image ({detail})")
+    source = find_source(str(err))
+    if source is not None:
+        shard, key = source
+        return HnpError(f"{shard}: sample {key}: undecodable image ({detail})")
     bad = find_bad_sample(samples)
     if bad is not None:
         return HnpError(f"{bad}; the pipeline said: {detail}")

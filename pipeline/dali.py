@@ -34,10 +34,9 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from hnp.config import DataConfig
 from hnp.errors import HnpError
+from hnp.shard_format import IMAGE_EXT, LABEL_EXT, source_key, split_label_vector
 from pipeline.checks import dali_message, explain_failure
 from pipeline.dataset import (
-    IMAGE_EXT,
-    LABEL_EXT,
     SampleEntry,
     batch_sizes,
     index_path,
@@ -52,7 +51,7 @@ READER_NAME = "reader"
 
 def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bool, rank: int, world_size: int,
                         seed: int, device_id: int | None, epoch: int = 0) -> Pipeline:
-    """An unbuilt DALI pipeline whose outputs are (images uint8 (N, S, S, 1), labels float32 (N, 7)).
+    """An unbuilt DALI pipeline whose outputs are (images uint8 (N, S, S, 1), label vectors float32 (N, 7)).
 
     Args:
         cfg: the data section of the config.
@@ -248,17 +247,11 @@ class DaliLoader:
         else:
             image = torch.from_numpy(np.asarray(dense))  # a view of DALI's buffer: normalize_batch copies
         # np.array copies: DALI reuses its output buffers on later runs
-        vector = torch.from_numpy(np.array(labels.as_tensor())[:size])  # (N, 7) LABEL_VECTOR
+        vectors = torch.from_numpy(np.array(labels.as_tensor())[:size])  # (N, len(LABEL_VECTOR))
         if self._device.type == "cuda":
             # a copy from pageable memory would make the host wait, once per batch, until the GPU's queue drains
-            vector = vector.pin_memory()
-        vector = vector.to(self._device, non_blocking=True)
-        keys = [sample_key(labels[i].source_info()) for i in range(size)]
-        return {"image": normalize_batch(image[:size, :, :, 0], self._cfg), "labels": vector[:, :5],
-                "any": vector[:, 5], "age": vector[:, 6], "key": keys}
-
-
-def sample_key(source_info: str) -> str:
-    """`fold0-000000.tar:1536:r0000042.lbl` -> `r0000042`."""
-    member = source_info.rsplit(":", 1)[-1]
-    return member.split(".", 1)[0]
+            vectors = vectors.pin_memory()
+        vectors = vectors.to(self._device, non_blocking=True)
+        keys = [source_key(labels[i].source_info()) for i in range(size)]
+        return {"image": normalize_batch(image[:size, :, :, 0], self._cfg), **split_label_vector(vectors),
+                "key": keys}

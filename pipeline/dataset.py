@@ -1,4 +1,5 @@
-"""What the loaders read: shard lists from `dataset.json`, samples from the DALI index files beside each tar.
+"""What the loaders read: shard lists from `dataset.json` (`hnp.shard_format.read_dataset`), samples from the DALI
+index files beside each tar.
 
     tars = split_shards("shards", ["fold1", "fold2", "fold3"])   # a fold's training shards
     samples = read_samples(tars)                                   # keys and byte ranges, checked against the tars
@@ -9,7 +10,6 @@ loader and the DALI pipeline give every rank the same samples in evaluation.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hnp.errors import HnpError
-
-IMAGE_EXT = "jpg"
-LABEL_EXT = "lbl"  # float32 vector, hnp.schema.LABEL_VECTOR order
-META_EXT = "json"
+from hnp.shard_format import IMAGE_EXT, LABEL_EXT, read_dataset, split_member_name
 
 
 @dataclass(frozen=True)
@@ -46,36 +43,14 @@ class SampleEntry:
         return data
 
 
-def load_dataset_json(shards_dir: str | Path) -> dict:
-    """Read `<shards_dir>/dataset.json`, the record `hnp shard` writes last."""
-    path = Path(shards_dir) / "dataset.json"
-    if not path.is_file():
-        raise HnpError(f"{path}: not found; is {shards_dir} the output folder of hnp shard?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HnpError(f"{path}: not valid JSON: {err}") from err
-
-
 def split_shards(shards_dir: str | Path, splits: Iterable[str]) -> list[Path]:
-    """Tar paths of the named splits, in dataset.json order.
+    """Tar paths of the named splits, in dataset.json order (dataset.json checked by `read_dataset`).
 
     Args:
         shards_dir: the output folder of `hnp shard`.
         splits: split names, e.g. ``["fold0"]`` or ``["fold1", "fold2", "fold3"]`` or ``["test"]``.
     """
-    shards_dir = Path(shards_dir)
-    record = load_dataset_json(shards_dir)
-    known = record.get("splits", {})
-    paths: list[Path] = []
-    for split in splits:
-        if split not in known:
-            raise HnpError(f"{shards_dir / 'dataset.json'}: no split {split!r}; it has {', '.join(known) or 'none'}")
-        paths.extend(shards_dir / shard["file"] for shard in known[split]["shards"])
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise HnpError(f"{missing[0]}: listed in dataset.json but missing ({len(missing)} shard(s) missing)")
-    return paths
+    return read_dataset(shards_dir).split_shards(list(splits))
 
 
 def index_path(tar: Path) -> Path:
@@ -123,7 +98,7 @@ def _parse_index_line(tar: Path, idx: Path, number: int, line: str) -> SampleEnt
         if not (offset.isdigit() and size.isdigit()):
             raise HnpError(f"{idx} line {number}: offset and size must be integers, got {offset!r} {size!r}")
         components[ext] = (int(offset), int(size))
-    key = fields[3][: -len(fields[0]) - 1]  # "r0000042.jpg" with extension "jpg" -> "r0000042"
+    key = split_member_name(fields[3])[0]
     for required in (IMAGE_EXT, LABEL_EXT):
         if required not in components:
             raise HnpError(f"{tar}: sample {key} has no .{required} component")

@@ -4,7 +4,7 @@
 
 Writes `<out>/preview.png` (one tile per image: the first channel, denormalized to [0, 1]; its key, level labels,
 "any" and age as the title), `<out>/images.npy` (float32 (N, C, S, S), exactly the loader's output),
-`<out>/labels.npy` (float32 (N, 7), hnp.schema.LABEL_VECTOR order) and `<out>/keys.txt`.
+`<out>/labels.npy` (float32 (N, 7), hnp.shard_format.LABEL_VECTOR order) and `<out>/keys.txt`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import torch
 
 from hnp.config import DataConfig
 from hnp.levels import LEVELS
+from hnp.shard_format import LABEL_VECTOR, join_label_vector, split_label_vector
 from pipeline.loader import build_loader
 from pipeline.transforms import channel_stats
 
 
 def collect_batches(cfg: DataConfig, shards: Sequence[Path], count: int, training: bool) -> dict[str, object]:
-    """The first `count` samples the loader yields, joined: {"image": (N, C, S, S), "vector": (N, 7), "key": [...]}.
+    """The first `count` samples the loader yields, joined: {"image": (N, C, S, S), "vector": (N, 7) label vectors,
+    "key": [...]}.
 
     Args:
         cfg: the data section of the config (its loader, size and preprocessing).
@@ -35,13 +37,13 @@ def collect_batches(cfg: DataConfig, shards: Sequence[Path], count: int, trainin
     loader = build_loader(cfg, shards, training=training)
     for batch in loader:
         images.append(batch["image"].cpu())
-        vectors.append(torch.cat([batch["labels"], batch["any"][:, None], batch["age"][:, None]], dim=1).cpu())
+        vectors.append(join_label_vector(*(batch[field].cpu().numpy() for field in ("labels", "any", "age"))))
         keys.extend(batch["key"])
         if len(keys) >= count:
             break
     image = torch.cat(images)[:count].numpy() if images else np.zeros((0, cfg.channels, cfg.image_size,
                                                                         cfg.image_size), np.float32)
-    vector = torch.cat(vectors)[:count].numpy() if vectors else np.zeros((0, 7), np.float32)
+    vector = np.concatenate(vectors)[:count] if vectors else np.zeros((0, len(LABEL_VECTOR)), np.float32)
     return {"image": image, "vector": vector, "key": keys[:count]}
 
 
@@ -53,8 +55,9 @@ def denormalize(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
 
 def tile_title(key: str, vector: np.ndarray) -> str:
     """`r0000042 age 57` over `L4-5 L5-S1` (the positive levels) or `no HNP`."""
-    positive = [level for level, flag in zip(LEVELS, vector[:5], strict=True) if flag >= 0.5]
-    return f"{key}  age {vector[6]:.0f}\n{' '.join(positive) if positive else 'no HNP'}"
+    fields = split_label_vector(vector[None])
+    positive = [level for level, flag in zip(LEVELS, fields["labels"][0], strict=True) if flag >= 0.5]
+    return f"{key}  age {fields['age'][0]:.0f}\n{' '.join(positive) if positive else 'no HNP'}"
 
 
 def write_grid(path: Path, images: np.ndarray, vectors: np.ndarray, keys: list[str], cfg: DataConfig) -> None:

@@ -1,7 +1,7 @@
 """Write what the model will see, to check the preprocessing by eye before a long run.
 
     hnp preview --shards shards/ --split fold0 --n 16 --out preview/
-    hnp preview --shards shards/ --split test --config configs/paper.yaml --set data.resize=pad --out preview/
+    hnp preview --shards shards/ --split test --config paper --set data.resize=pad --out preview/
     hnp preview --shards shards/ --split fold1 --training --set data.augment.enabled=true --out preview_aug/
 
 Writes preview.png (a grid of the preprocessed inputs titled with key, positive levels and age), images.npy
@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="fold0", help="fold0..fold{k-1} or test (default: %(default)s)")
     parser.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="folder for preview.png and the .npy files")
-    parser.add_argument("--config", type=Path, help="experiment YAML; its data section is used (default: defaults)")
+    parser.add_argument("--config", help="config name (paper, tiny, ...) or YAML file; its data section is used "
+                        "(default: the built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.image_size=380 (repeatable)")
     parser.add_argument("--training", action="store_true",

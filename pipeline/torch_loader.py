@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hnp.config import DataConfig
 from hnp.errors import HnpError
-from hnp.schema import LABEL_VECTOR
-from pipeline.dataset import IMAGE_EXT, LABEL_EXT, SampleEntry, batch_sizes, rank_range, read_samples
+from hnp.shard_format import IMAGE_EXT, LABEL_EXT, decode_label_vector, split_label_vector
+from pipeline.dataset import SampleEntry, batch_sizes, rank_range, read_samples
 from pipeline.transforms import decode_gray, model_image, normalize_batch
 
 Item = tuple[int, int]  # (epoch, sample index): the epoch seeds the sample's augmentation draw
@@ -49,9 +49,7 @@ class ShardSamples(Dataset):
         sample = self.samples[index]
         where = f"{sample.shard}: sample {sample.key}"
         gray = decode_gray(sample.read(IMAGE_EXT), where)
-        vector = np.frombuffer(sample.read(LABEL_EXT), dtype="<f4")
-        if vector.size != len(LABEL_VECTOR):
-            raise HnpError(f"{where}: .{LABEL_EXT} holds {vector.size} values, expected {len(LABEL_VECTOR)}")
+        vector = decode_label_vector(sample.read(LABEL_EXT), where)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.training else None
         return {"image": torch.from_numpy(model_image(gray, self.cfg, rng)),  # uint8 (S, S)
                 "vector": torch.from_numpy(vector.astype(np.float32)), "key": sample.key}
@@ -132,10 +130,9 @@ class TorchLoader:
             yield self._to_device(batch)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        vector = batch["vector"].to(self._device, non_blocking=True)  # (N, 7) LABEL_VECTOR
+        vectors = batch["vector"].to(self._device, non_blocking=True)  # (N, len(LABEL_VECTOR))
         image = normalize_batch(batch["image"].to(self._device, non_blocking=True), self._cfg)
-        return {"image": image, "labels": vector[:, :5],
-                "any": vector[:, 5], "age": vector[:, 6], "key": list(batch["key"])}
+        return {"image": image, **split_label_vector(vectors), "key": list(batch["key"])}
 
 
 def worker_message(err: HnpError) -> str:

@@ -164,9 +164,3 @@ def apply_jitter(image: np.ndarray, jitter: Jitter) -> np.ndarray:
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     out = (warped.astype(np.float32) - CONTRAST_CENTER) * jitter.contrast + CONTRAST_CENTER + jitter.brightness
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def preprocess_train(gray: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
-    """The training transform: `preprocess` with random jitter between resize and normalization when
-    `cfg.augment.enabled`."""
-    return normalize(model_image(gray, cfg, rng), cfg)

@@ -12,9 +12,7 @@ parallel; `dataset.json` and `table1.md` are written last, so their presence mea
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +23,8 @@ import pandas as pd
 from hnp.errors import HnpError
 from hnp.files import atomic_write_text
 from hnp.levels import LEVEL_COLUMNS
-from sharding.dataset_json import (
-    dataset_json_text,
-    dataset_record,
-    excluded_csv_text,
-    split_record,
-)
+from hnp.shard_format import DATASET_FILE, SampleMeta, dataset_json_text, encode_label_vector, sample_key, split_names
+from sharding.dataset_json import dataset_record, excluded_csv_text, split_record
 from sharding.folds import assign_folds, table1, table1_markdown
 from sharding.pseudonym import load_or_create_key, pseudonymize_column, scrub
 from sharding.shards import (
@@ -45,8 +39,6 @@ from sharding.shards import (
 log = logging.getLogger("hnp.shard")
 
 _SHOWN_PROBLEMS = 20
-# json.dumps with options builds a new encoder per call, a third of the cost of a small record
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ def shard_manifest(options: ShardOptions) -> ShardSummary:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     # dataset.json marks a complete dataset: remove the old one before anything can change under it.
-    (out / "dataset.json").unlink(missing_ok=True)
+    (out / DATASET_FILE).unlink(missing_ok=True)
     table = check.table
     key = load_or_create_key(options.id_key, out)
     patient_ids = table["patient_id"].astype(str)
@@ -148,11 +140,6 @@ def _study_pseudonyms(table: pd.DataFrame, key: bytes) -> list[str | None]:
     ids = table["study_id"].astype(str).where(present)
     mapping = pseudonymize_column(key, ids[present], namespace="study")
     return [mapping[value] if ok else None for value, ok in zip(ids, present, strict=True)]
-
-
-def split_names(folds: int) -> list[str]:
-    """The output splits in order: fold0..fold{k-1}, then test."""
-    return [f"fold{k}" for k in range(folds)] + ["test"]
 
 
 def assign_splits(kept: pd.DataFrame, patient_ids: pd.Series, folds: int, seed: int) -> pd.Series:
@@ -217,23 +204,20 @@ def sample_columns(table: pd.DataFrame, patients: pd.Series, studies: list[str |
 
 
 def build_sample(columns: dict[str, list], row: int) -> Sample:
-    """The shard sample of one manifest row: key, image file, `.json` and `.lbl` members.
+    """The shard sample of one manifest row: key, image file, `.json` and `.lbl` members (hnp.shard_format).
 
     Args:
         columns: from `sample_columns`.
         row: the manifest row.
     """
-    labels = columns["labels"][row]
-    any_level = max(labels)
+    labels = tuple(columns["labels"][row])
     age = columns["age"][row]
-    meta = {"patient": columns["patient"][row], "age": age, "view": columns["view"][row],
-            "sex": columns["sex"][row], "study": columns["study"][row], "labels": labels, "any": any_level,
-            "row": row}
+    meta = SampleMeta(patient=columns["patient"][row], age=age, view=columns["view"][row], sex=columns["sex"][row],
+                      study=columns["study"][row], labels=labels, row=row)
     # size and mtime as the validation read the file: the writer refuses it if it has changed since
     size, mtime_ns = columns["image_stat"][row]
-    return Sample(row=row, key=f"r{row:07d}", image=columns["image"][row], image_size=size, image_mtime_ns=mtime_ns,
-                  meta=_COMPACT_JSON.encode(meta).encode(),
-                  label_vector=struct.pack("<7f", *labels, any_level, age))
+    return Sample(row=row, key=sample_key(row), image=columns["image"][row], image_size=size,
+                  image_mtime_ns=mtime_ns, meta=meta.to_json(), label_vector=encode_label_vector(labels, age))
 
 
 def _finish(options: ShardOptions, table: pd.DataFrame, splits: pd.Series, patients: pd.Series,
@@ -254,7 +238,7 @@ def _finish(options: ShardOptions, table: pd.DataFrame, splits: pd.Series, patie
     table_text = table1_markdown(table1({split: table.loc[splits.index[splits == split]]
                                          for split in split_names(options.folds)}))
     atomic_write_text(options.out / "table1.md", "# Table 1: images per level and split\n\n" + table_text)
-    atomic_write_text(options.out / "dataset.json", dataset_json_text(record))
+    atomic_write_text(options.out / DATASET_FILE, dataset_json_text(record))
     written = sum(not r.reused for r in results)
     return ShardSummary(rows["manifest"], rows["sharded"], rows["excluded"], written, len(results) - written,
                         record, table_text)

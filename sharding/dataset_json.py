@@ -1,21 +1,19 @@
-"""The small files beside the shards: `dataset.json`, `excluded.csv` and `table1.md` (DESIGN.md, shard contract).
+"""The records beside the shards: the `dataset.json` document (its format, reader and version are
+`hnp.shard_format`'s) and `excluded.csv` (DESIGN.md, shard contract).
 
-None of them holds a timestamp or a raw patient identifier, so an unchanged input gives byte-identical files.
+Neither holds a timestamp or a raw patient identifier, so an unchanged input gives byte-identical files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 
 import pandas as pd
 
 from hnp.levels import LEVEL_COLUMNS, LEVELS
-from hnp.schema import LABEL_VECTOR
+from hnp.shard_format import LABEL_VECTOR, SCHEMA_VERSION, any_label
 from sharding.shards import Encoding, ShardResult
-
-SCHEMA_VERSION = 1
 
 
 def split_record(labels: pd.DataFrame, patients: pd.Series, shards: list[ShardResult]) -> dict:
@@ -26,9 +24,9 @@ def split_record(labels: pd.DataFrame, patients: pd.Series, shards: list[ShardRe
         patients: the split's patient pseudonyms per row.
         shards: the split's written shards, in order.
     """
-    level_sums = labels[list(LEVEL_COLUMNS)].astype("int64")
-    positives = {column: int(level_sums[column].sum()) for column in LEVEL_COLUMNS}
-    positives["any"] = int(level_sums.max(axis=1).sum()) if len(labels) else 0
+    level_labels = labels[list(LEVEL_COLUMNS)].astype("int64")
+    positives = {level: int(level_labels[column].sum()) for level, column in zip(LEVELS, LEVEL_COLUMNS, strict=True)}
+    positives["any"] = int(any_label(level_labels.to_numpy()).sum()) if len(labels) else 0
     return {
         "samples": len(labels),
         "patients": int(patients.nunique()),
@@ -64,10 +62,6 @@ def dataset_record(*, folds: int, seed: int, encoding: Encoding, rows: dict[str,
         "rows": rows,
         "splits": splits,
     }
-
-
-def dataset_json_text(record: dict) -> str:
-    return json.dumps(record, indent=2) + "\n"
 
 
 def excluded_csv_text(rows: list[tuple[int, str, str]]) -> str:

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hnp.errors import HnpError
     from sharding.build import ShardOptions, shard_manifest
-    from sharding.shards import parse_size
+    from sharding.shards import parse_byte_size
 
     if args.folds < 2:
         raise HnpError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.jpeg_quality <= 100:
         raise HnpError(f"--jpeg-quality {args.jpeg_quality}: must be 1-100")
     options = ShardOptions(manifest=args.manifest, out=args.out, folds=args.folds, seed=args.seed,
-                           shard_bytes=parse_size(args.shard_size), max_side=args.max_side,
+                           shard_bytes=parse_byte_size(args.shard_size), max_side=args.max_side,
                            jpeg_quality=args.jpeg_quality, workers=max(1, args.workers), id_key=args.id_key,
                            strict=args.strict, progress=not args.no_progress)
     summary = shard_manifest(options)

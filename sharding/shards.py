@@ -42,6 +42,7 @@ from tqdm import tqdm
 from hnp.errors import HnpError
 from hnp.files import atomic_write_text
 from hnp.jpeg import JpegError, inspect_jpeg
+from hnp.shard_format import IMAGE_EXT, LABEL_EXT, META_EXT, member_name
 
 BLOCK = 512
 LEDGER_NAME = "progress.jsonl"
@@ -66,8 +67,8 @@ class Sample:
         image: absolute path of the source JPEG.
         image_size: its size in bytes when planned (a changed file is an error, not a silent mismatch).
         image_mtime_ns: its modification time when planned.
-        meta: the `<key>.json` member, UTF-8 JSON.
-        label_vector: the `<key>.lbl` member, little-endian float32 (hnp.schema.LABEL_VECTOR).
+        meta: the `<key>.json` member (hnp.shard_format.SampleMeta.to_json).
+        label_vector: the `<key>.lbl` member (hnp.shard_format.encode_label_vector).
     """
 
     row: int
@@ -133,7 +134,7 @@ class ShardResult:
         return f"{self.name}.idx"
 
 
-def parse_size(text: str) -> int:
+def parse_byte_size(text: str) -> int:
     """Bytes in a size like "256MB", "1.5GB", "900KB" or "4096" (binary units: 1 MB = 2**20 bytes).
 
     Args:
@@ -385,7 +386,7 @@ def _add_image(tar: _TarStream, sample: Sample, encoding: Encoding) -> tuple[int
             if (stat.st_size, stat.st_mtime_ns) != (sample.image_size, sample.image_mtime_ns):
                 raise HnpError(f"{what}: file changed after it was checked; run `hnp shard` again")
             if encoding.max_side is None:
-                return tar.add_file(f"{sample.key}.jpg", source, stat.st_size, what), stat.st_size, False
+                return tar.add_file(member_name(sample.key, IMAGE_EXT), source, stat.st_size, what), stat.st_size, False
             data = source.readall()
     except OSError as err:
         raise HnpError(f"{what}: cannot read: {err.strerror or err}") from None
@@ -394,7 +395,7 @@ def _add_image(tar: _TarStream, sample: Sample, encoding: Encoding) -> tuple[int
     except JpegError as err:  # validation passed it, so the file was replaced since
         raise HnpError(f"{what}: {err}") from None
     payload = data if smaller is None else smaller
-    return tar.add_bytes(f"{sample.key}.jpg", payload), len(payload), smaller is not None
+    return tar.add_bytes(member_name(sample.key, IMAGE_EXT), payload), len(payload), smaller is not None
 
 
 def _write_tar(spec: ShardSpec, path: Path, encoding: Encoding, report: Callable[[int], None]) -> tuple[str, str, int]:
@@ -407,10 +408,10 @@ def _write_tar(spec: ShardSpec, path: Path, encoding: Encoding, report: Callable
         for done, sample in enumerate(spec.samples, 1):
             offset, size, changed = _add_image(tar, sample, encoding)
             reencoded += changed
-            entries = [("jpg", offset, size)]
-            for ext, data in (("json", sample.meta), ("lbl", sample.label_vector)):
-                entries.append((ext, tar.add_bytes(f"{sample.key}.{ext}", data), len(data)))
-            lines.append(" ".join(f"{ext} {off} {n} {sample.key}.{ext}" for ext, off, n in entries))
+            entries = [(IMAGE_EXT, offset, size)]
+            for ext, data in ((META_EXT, sample.meta), (LABEL_EXT, sample.label_vector)):
+                entries.append((ext, tar.add_bytes(member_name(sample.key, ext), data), len(data)))
+            lines.append(" ".join(f"{ext} {off} {n} {member_name(sample.key, ext)}" for ext, off, n in entries))
             if done % _PROGRESS_EVERY == 0:
                 report(_PROGRESS_EVERY)
         tar.close()

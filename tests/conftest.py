@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import demo
 from support.manifests import write_manifest
 
 
@@ -17,3 +19,51 @@ def make_manifest(tmp_path: Path) -> Callable[..., Path]:
         return write_manifest(tmp_path / "data", **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A reduced `hnp demo` of a non-editable install, run from an empty folder (`support.demo`), then run again
+    with the same arguments; what the demo and privacy tests check."""
+    root = tmp_path_factory.mktemp("installed-demo")
+    site = demo.install_non_editable(root)
+    ray_tmp = demo.short_ray_tmp()
+    env = demo.demo_env(root, site, ray_tmp)
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    out = root / "demo"
+    try:
+        phantom = demo.run_hnp(["phantom", "--out", str(out / "phantom"), *demo.PHANTOM_ARGS], env, cwd, timeout=600)
+        assert phantom.returncode == 0, phantom.stderr.decode()[-3000:]
+        first = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=1200)
+        assert first.returncode == 0, first.stderr.decode()[-3000:]
+        first_metrics = (out / "reports" / "tiny" / "metrics.json").read_text()
+        again = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=600)
+        yield {"root": root, "site": site, "out": out, "cwd": cwd, "ray_tmp": ray_tmp,
+               "wandb_home": root / "wandb-home", "phantom": phantom, "first": first, "again": again,
+               "first_metrics": first_metrics}
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def clinical_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Phantom shards, a `levels` and an `any` run of fold checkpoints on them (`support.runs`), each evaluated by
+    `hnp eval`: the levels run with `--calibrate platt --prevalence 0.2`, Grad-CAM and the pointing game. What the
+    clinical report tests (calibration, operating points, compare, report.html) read."""
+    from support.runs import build_phantom_shards, build_run, tiny_config
+
+    from hnp.cli import main
+
+    folder = tmp_path_factory.mktemp("clinical")
+    shards, truth = build_phantom_shards(folder)
+    runs = {task: build_run(folder / task, shards, tiny_config(task)) for task in ("levels", "any")}
+    extra = {"levels": ["--calibrate", "platt", "--prevalence", "0.2", "--gradcam-top", "3", "--truth", str(truth)],
+             "any": ["--gradcam-top", "0"]}
+    reports = {}
+    for task, run in runs.items():
+        reports[task] = folder / f"report-{task}"
+        argv = ["eval", "--run", str(run), "--shards", str(shards), "--out", str(reports[task]), "--bootstrap", "50",
+                "--no-wandb", *extra[task]]
+        assert main(argv) == 0
+    return {**reports, "shards": shards, "levels_run": runs["levels"], "any_run": runs["any"]}

@@ -22,7 +22,7 @@ def _assert_entrypoint_runs_our_script(command: str) -> None:
     assert argv[:2] == ["python", "train/run_folds.py"]
     assert (ROOT / argv[1]).is_file()
     config = argv[argv.index("--config") + 1]
-    load_config(ROOT / config)  # the named config exists and is valid
+    load_config(config)  # the named config exists and is valid
     assert "--shards" in argv and "--out" in argv
 
 

@@ -1,34 +1,58 @@
-"""`hnp demo`, reduced: the whole chain on a few phantom patients, through the real CLI and a local Ray."""
+"""`hnp demo`, reduced, from a non-editable install run in another folder (the shared `installed_demo` run of
+tests/support/demo.py): the whole chain through the real CLI and a local Ray, what it prints, what it learns, and
+that running it again continues where it stopped instead of starting over."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from support import demo as support
 
 from hnp.cli import main
 from hnp.levels import LEVELS
 
 
 @pytest.mark.slow
-def test_reduced_demo_runs_end_to_end_and_reports_aucs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--patients", "80", "--workers", "2", "--gradcam-top", "4",
-            "--set", "train.epochs=1", "--set", "data.image_size=64", "--set", "wandb.mode=off"]
+def test_installed_demo_runs_from_another_folder_without_the_source_tree(installed_demo: dict) -> None:
+    site, cwd = installed_demo["site"], installed_demo["cwd"]
+    where = support.run_hnp(["--help"], support.demo_env(installed_demo["root"], site, installed_demo["ray_tmp"]),
+                            cwd, timeout=60)
+    assert where.returncode == 0 and b"demo" in where.stdout
+    assert (site / "hnp" / "configs" / "tiny.yaml").is_file() and not (site / "tests").exists()
+    assert list(cwd.iterdir()) == []  # everything went to --out, nothing into the working folder
+    config = installed_demo["out"] / "runs" / "tiny" / "config.yaml"
+    assert "test_efficientnet" in config.read_text()  # the packaged tiny config was found and used
 
-    assert main(argv) == 0
 
-    metrics = json.loads((out / "reports" / "tiny" / "metrics.json").read_text())
-    aucs = [metrics["metrics"][level]["roc_auc"] for level in LEVELS]
-    assert all(auc is None or 0.0 <= auc <= 1.0 for auc in aucs)
-    assert sum(auc is not None for auc in aucs) >= 3, aucs
-    assert (out / "reports" / "tiny" / "report.md").read_text().startswith("# Evaluation")
-    summary = capsys.readouterr().out
-    assert "hnp demo finished" in summary and "| mean |" in summary
-    assert all(f"| {level} |" in summary for level in LEVELS)
-    for fold in range(4):
-        assert (out / "runs" / "tiny" / f"fold{fold}" / "best.pt").is_file()
+@pytest.mark.slow
+def test_demo_summary_reports_the_evaluation(installed_demo: dict) -> None:
+    out = installed_demo["out"]
+    metrics = json.loads((out / "reports" / "tiny" / "metrics.json").read_text())["metrics"]
+    aucs = {level: metrics[level]["roc_auc"] for level in LEVELS}
+    assert all(auc is not None for auc in aucs.values()), aucs  # 30 test patients: both classes at every level
+    summary = installed_demo["first"].stdout.decode()
+    assert "hnp demo finished" in summary
+    for level, auc in aucs.items():
+        assert re.search(rf"\| {re.escape(level)} \| {auc:.3f} \|", summary), level
+    assert f"| mean | {sum(aucs.values()) / len(aucs):.3f} |" in summary
+    for path in re.findall(r"^\s+(\S+)\s{2,}", summary.split("Open:", 1)[1], flags=re.M):
+        assert Path(path).exists(), path
+
+
+@pytest.mark.slow
+def test_demo_run_again_continues_where_it_stopped(installed_demo: dict) -> None:
+    again = installed_demo["again"]
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    log = again.stderr.decode()
+    assert "── phantom" not in log  # the phantom it found is kept
+    assert all(f"fold{k}: already finished" in log for k in range(4))
+    assert "all 4 folds finished" in log
+    # the same folds evaluated again give the same report
+    final = (installed_demo["out"] / "reports" / "tiny" / "metrics.json").read_text()
+    assert json.loads(final)["metrics"] == json.loads(installed_demo["first_metrics"])["metrics"]
 
 
 def test_demo_refuses_too_few_patients(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,10 +83,10 @@ def test_heatmap_maps_back_onto_the_radiograph(resize: str, shape: tuple[int, in
 def test_select_top_per_level_breaks_ties_by_key() -> None:
     images = pd.DataFrame({
         "key": ["r3", "r1", "r2", "r4"], "patient": ["a", "b", "c", "d"],
-        "prob_L1_2": [0.9, 0.5, 0.5, 0.1], "label_L1_2": [1, 0, 1, 0],
-        "prob_L4_5": [0.1, 0.2, 0.3, 0.8], "label_L4_5": [0, 0, 1, 1],
+        "prob_L1-2": [0.9, 0.5, 0.5, 0.1], "label_L1-2": [1, 0, 1, 0],
+        "prob_L4-5": [0.1, 0.2, 0.3, 0.8], "label_L4-5": [0, 0, 1, 1],
     })
-    top = select_top(images, {"L1-2": ("L1_2", 0), "L4-5": ("L4_5", 3)}, k=3)
+    top = select_top(images, {"L1-2": 0, "L4-5": 3}, k=3)
     assert top[top.level == "L1-2"]["key"].tolist() == ["r3", "r1", "r2"]
     assert top[top.level == "L4-5"]["key"].tolist() == ["r4", "r2", "r1"]
     assert top["rank"].tolist() == [1, 2, 3, 1, 2, 3]
@@ -114,4 +114,4 @@ def test_export_writes_overlays_heatmaps_and_index(model, tmp_path: Path) -> Non
         assert heat.dtype == np.float32 and heat.shape == grays[row.key].shape
         assert 0.0 <= heat.min() and heat.max() <= 1.0
         assert cv2.imread(str(tmp_path / row.file)).shape == (*grays[row.key].shape, 3)
-    assert index.loc[3, "file"] == "L5_S1/0001_r1.png"
+    assert index.loc[3, "file"] == "L5-S1/0001_r1.png"

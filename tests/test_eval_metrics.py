@@ -5,18 +5,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from eval.bagging import (
-    add_any,
     add_decisions,
     bag_folds,
     fold_thresholds,
@@ -24,9 +15,11 @@ from eval.bagging import (
     patient_means,
     resolve_thresholds,
 )
-from eval.metrics import binary_metrics, bootstrap_auc_ci, class_metrics, metrics_table, youden_threshold
+from eval.metrics import binary_metrics, bootstrap_auc_ci, class_metrics, metrics_table
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.levels import LEVELS
+from hnp.predictions import add_any, label_column, model_targets, prob_column
+from hnp.scoring import youden_threshold
 
 
 @pytest.fixture
@@ -37,17 +30,20 @@ def scored() -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def test_binary_metrics_equal_scikit_learn(scored: tuple[np.ndarray, np.ndarray]) -> None:
-    y, p = scored
-    m = binary_metrics(y, p, threshold=0.5, n_boot=50, seed=0)
-    pred = (p >= 0.5).astype(int)
-    assert m["precision"] == pytest.approx(precision_score(y, pred))
-    assert m["recall"] == pytest.approx(recall_score(y, pred))
-    assert m["f1"] == pytest.approx(f1_score(y, pred))
-    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
-    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
-    assert (m["n"], m["n_pos"], m["threshold"]) == (300, int(y.sum()), 0.5)
+def test_binary_metrics_on_a_case_worked_by_hand() -> None:
+    # 8 patients, threshold 0.5: TP = 0.9, 0.6 (2); FN = 0.4 (1); FP = 0.7 (1); TN = 0.1, 0.2, 0.3, 0.45 (4).
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.6, 0.4, 0.7, 0.1, 0.2, 0.3, 0.45])
+    m = binary_metrics(y, p, threshold=0.5, n_boot=0)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(6 / 8)
+    # AUC = share of the 15 (positive, negative) pairs ranked right: 0.9 beats all 5 negatives, 0.6 beats 4
+    # (not 0.7), 0.4 beats 3 (not 0.7, 0.45): 12 of 15
+    assert m["roc_auc"] == pytest.approx(12 / 15)
+    # average precision: precision at each positive's rank (1/1, 2/3, 3/5) averaged over the 3 positives
+    assert m["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert (m["n"], m["n_pos"], m["threshold"]) == (8, 3, 0.5)
+    assert math.isnan(m["roc_auc_ci_low"])  # n_boot=0: no interval
 
 
 def test_bootstrap_ci_is_seeded_and_contains_the_estimate(scored: tuple[np.ndarray, np.ndarray]) -> None:
@@ -96,36 +92,38 @@ def test_class_metrics_give_both_classes() -> None:
 
 
 def _hand_built_images() -> pd.DataFrame:
-    """Two patients, three images, two folds; only L4-5 and L5-S1 vary, the other levels are 0."""
+    """Three patients, four images, two folds; only L4-5 and L5-S1 vary, the other levels are 0. Patient pC has
+    no HNP at all, so "any" has both classes."""
     rows = []
     for key, patient, f0, f1, labels in [
         ("r0000000", "pA", (0.2, 0.6), (0.4, 0.8), (1, 0)),
         ("r0000001", "pA", (0.6, 0.2), (0.8, 0.0), (1, 0)),
         ("r0000002", "pB", (0.1, 0.9), (0.1, 0.7), (0, 1)),
+        ("r0000003", "pC", (0.3, 0.5), (0.1, 0.1), (0, 0)),
     ]:
         row = {"key": key, "patient": patient}
-        for c in LEVEL_COLUMNS:
-            row.update({f"prob_fold0_{c}": 0.0, f"prob_fold1_{c}": 0.0, f"label_{c}": 0})
-        row.update({"prob_fold0_L4_5": f0[0], "prob_fold0_L5_S1": f0[1], "prob_fold1_L4_5": f1[0]})
-        row.update({"prob_fold1_L5_S1": f1[1], "label_L4_5": labels[0], "label_L5_S1": labels[1]})
+        for level in LEVELS:
+            row.update({prob_column(level, 0): 0.0, prob_column(level, 1): 0.0, label_column(level): 0})
+        row.update({prob_column("L4-5", 0): f0[0], prob_column("L5-S1", 0): f0[1], prob_column("L4-5", 1): f1[0]})
+        row.update({prob_column("L5-S1", 1): f1[1], label_column("L4-5"): labels[0], label_column("L5-S1"): labels[1]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def test_bagging_and_patient_means_on_a_hand_built_case() -> None:
-    images = bag_folds(_hand_built_images(), [0, 1], LEVEL_COLUMNS)
-    assert images["prob_L4_5"].tolist() == pytest.approx([0.3, 0.7, 0.1])
-    assert images["prob_L5_S1"].tolist() == pytest.approx([0.7, 0.1, 0.8])
-    patients = add_any(patient_means(images, LEVEL_COLUMNS), "levels").set_index("patient")
-    assert patients.loc["pA", "prob_L4_5"] == pytest.approx(0.5)
-    assert patients.loc["pA", "prob_L5_S1"] == pytest.approx(0.4)
-    assert patients.loc["pB", "prob_L5_S1"] == pytest.approx(0.8)
-    assert patients["n_images"].tolist() == [2, 1]
-    assert patients["prob_any"].tolist() == pytest.approx([0.5, 0.8])
-    assert patients["label_any"].tolist() == [1, 1]
+    images = bag_folds(_hand_built_images(), [0, 1], LEVELS)
+    assert images["prob_L4-5"].tolist() == pytest.approx([0.3, 0.7, 0.1, 0.2])
+    assert images["prob_L5-S1"].tolist() == pytest.approx([0.7, 0.1, 0.8, 0.3])
+    patients = add_any(patient_means(images, LEVELS), "levels").set_index("patient")
+    assert patients.loc["pA", "prob_L4-5"] == pytest.approx(0.5)
+    assert patients.loc["pA", "prob_L5-S1"] == pytest.approx(0.4)
+    assert patients.loc["pB", "prob_L5-S1"] == pytest.approx(0.8)
+    assert patients["n_images"].tolist() == [2, 1, 1]
+    assert patients["prob_any"].tolist() == pytest.approx([0.5, 0.8, 0.3])
+    assert patients["label_any"].tolist() == [1, 1, 0]
     decided = add_decisions(patients, {**dict.fromkeys(LEVELS, 0.45), "any": 0.6}, "levels")
-    assert decided["pred_L4_5"].tolist() == [1, 0]
-    assert decided["pred_any"].tolist() == [0, 1]
+    assert decided["pred_L4-5"].tolist() == [1, 0, 0]
+    assert decided["pred_any"].tolist() == [0, 1, 0]
 
 
 def test_threshold_rules() -> None:
@@ -134,7 +132,7 @@ def test_threshold_rules() -> None:
         {**dict.fromkeys(LEVELS, 0.3), "any": 0.4}
     )
     assert set(resolve_thresholds(parse_threshold_rule("fixed:0.5"), per_fold, None, "levels").values()) == {0.5}
-    oof = pd.DataFrame({"label_any": [0, 0, 1, 1], "prob_any": [0.1, 0.3, 0.35, 0.9]})
+    oof = pd.DataFrame({label_column("any"): [0, 0, 1, 1], prob_column("any"): [0.1, 0.3, 0.35, 0.9]})
     assert resolve_thresholds(parse_threshold_rule("youden-oof"), [], oof, "any") == {"any": pytest.approx(0.35)}
     for bad in ("fixed:1.5", "fixed:x", "median", "fixed"):
         with pytest.raises(HnpError, match="--threshold"):
@@ -151,19 +149,25 @@ def test_a_target_without_threshold_falls_back_with_a_warning(caplog: pytest.Log
 
 
 def test_fold_thresholds_derive_any_from_validation() -> None:
-    val = bag_folds(_hand_built_images(), [0], LEVEL_COLUMNS).assign(label_L1_2=0)
-    got = fold_thresholds({c: 0.5 for c in LEVEL_COLUMNS}, val, "levels", fold=0)
+    # fold 0's derived "any" score per image: max over levels = 0.6, 0.6, 0.9, 0.5 with labels 1, 1, 1, 0: the
+    # threshold that separates them is 0.6 (J = 1); a threshold taken from the checkpoint instead would be 0.5
+    val = bag_folds(_hand_built_images(), [0], LEVELS)
+    got = fold_thresholds(dict.fromkeys(LEVELS, 0.5), val, "levels", fold=0)
     assert got["L4-5"] == 0.5 and set(got) == {*LEVELS, "any"}
-    assert got["any"] == pytest.approx(youden_threshold(np.array([1, 1, 1]), np.array([0.6, 0.6, 0.9])), nan_ok=True)
-    assert math.isnan(fold_thresholds({c: 0.5 for c in LEVEL_COLUMNS}, None, "levels", fold=2)["any"])
+    assert got["any"] == pytest.approx(0.6)
+    assert math.isnan(fold_thresholds(dict.fromkeys(LEVELS, 0.5), None, "levels", fold=2)["any"])
     with pytest.raises(HnpError, match="fold 2: best.pt holds no threshold for L5-S1"):
-        fold_thresholds({c: 0.5 for c in LEVEL_COLUMNS[:4]}, val, "levels", fold=2)
+        fold_thresholds(dict.fromkeys(LEVELS[:4], 0.5), val, "levels", fold=2)
+    # the `any` task's checkpoint holds its own "any" threshold, which wins over the validation predictions
+    assert fold_thresholds({"any": 0.25}, val, "any", fold=0) == {"any": 0.25}
 
 
 def test_metrics_table_rows_per_target() -> None:
-    images = add_any(bag_folds(_hand_built_images(), [0, 1], LEVEL_COLUMNS), "levels")
-    targets = {"L4-5": "L4_5", "any": "any"}
-    table = metrics_table(images, targets, {"L4-5": 0.5, "any": 0.5}, n_boot=10, group_column="patient")
+    images = add_any(bag_folds(_hand_built_images(), [0, 1], model_targets("levels")), "levels")
+    table = metrics_table(images, ["L4-5", "any"], {"L4-5": 0.5, "any": 0.5}, n_boot=10, group_column="patient")
     assert list(table.index) == ["L4-5", "any"]
-    assert table.loc["L4-5", "roc_auc"] == pytest.approx(1.0)
-    assert table.loc["L4-5", "n_pos"] == 2
+    # L4-5: positives 0.3, 0.7 against negatives 0.1, 0.2: every pair ranked right; "any" (max of the levels):
+    # positives 0.7, 0.7, 0.8 against 0.3
+    assert table.loc["L4-5", "roc_auc"] == pytest.approx(1.0) and table.loc["any", "roc_auc"] == pytest.approx(1.0)
+    assert table.loc["L4-5", "n_pos"] == 2 and table.loc["any", "n_pos"] == 3
+    assert table.loc["L4-5", "recall"] == pytest.approx(0.5)  # 0.7 >= 0.5, 0.3 < 0.5

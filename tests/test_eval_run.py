@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import tarfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from support.runs import CONFIGS, build_phantom_shards, build_run, tiny_config
+import torch
+from support.runs import build_phantom_shards, build_run, tiny_config
+from support.wandb_files import completed_run_records
 
 from eval.pointing import inside, level_boxes, pointing_game, pointing_markdown, read_truth
 from hnp.cli import main
 from hnp.config import load_config
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.levels import LEVELS
+from hnp.predictions import label_column, pred_column, prob_column
 
 CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
                   "report.md", "roc.png", "gradcam/index.csv")
@@ -56,9 +58,9 @@ def test_every_test_image_is_predicted_once_by_every_fold(report: Path, world: d
     record = json.loads((world["shards"] / "dataset.json").read_text())["splits"]["test"]
     assert len(images) == record["samples"] and images["key"].is_unique
     assert images["patient"].nunique() == record["patients"]
-    for c in LEVEL_COLUMNS:
-        folds = images[[f"prob_fold{k}_{c}" for k in range(4)]]
-        assert np.allclose(images[f"prob_{c}"], folds.mean(axis=1))
+    for level in LEVELS:
+        folds = images[[prob_column(level, k) for k in range(4)]]
+        assert np.allclose(images[prob_column(level)], folds.mean(axis=1))
         assert folds.nunique(axis=1).gt(1).all()  # four different models, four different answers
 
 
@@ -67,15 +69,15 @@ def test_patients_are_image_means_and_decisions_follow_thresholds(report: Path) 
     patients = pd.read_parquet(report / "predictions_patients.parquet").set_index("patient")
     metrics = json.loads((report / "metrics.json").read_text())
     assert list(metrics["metrics"]) == [*LEVELS, "any"] and metrics["n_patients"] == len(patients)
-    means = images.groupby("patient")[[f"prob_{c}" for c in LEVEL_COLUMNS]].mean()
+    means = images.groupby("patient")[[prob_column(level) for level in LEVELS]].mean()
     assert np.allclose(patients.loc[means.index, means.columns], means)
-    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+    for name in LEVELS:
         threshold = metrics["metrics"][name]["threshold"]
         per_fold = [metrics["thresholds_per_fold"][k][name] for k in metrics["thresholds_per_fold"]]
         given = [value for value in per_fold if value is not None]  # null: that fold had one class only
         assert threshold == pytest.approx(np.mean(given) if given else 0.5)
-        assert (patients[f"pred_{c}"] == (patients[f"prob_{c}"] >= threshold)).all()
-        assert metrics["metrics"][name]["n_pos"] == patients[f"label_{c}"].sum()
+        assert (patients[pred_column(name)] == (patients[prob_column(name)] >= threshold)).all()
+        assert metrics["metrics"][name]["n_pos"] == patients[label_column(name)].sum()
     csv = pd.read_csv(report / "metrics.csv", index_col="target")
     assert csv.loc["L5-S1", "roc_auc"] == pytest.approx(metrics["metrics"]["L5-S1"]["roc_auc"], rel=1e-5)
 
@@ -90,12 +92,11 @@ def test_gradcam_index_and_heatmaps(report: Path) -> None:
         assert heat.dtype == np.float32 and heat.shape == (128, 100)  # the phantom's image size
         assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
         assert cv2.imread(str(report / "gradcam" / row.file)).shape == (128, 100, 3)
-        column = LEVEL_COLUMNS[LEVELS.index(row.level)]
-        assert row.probability == pytest.approx(images.loc[row.key, f"prob_{column}"])
+        assert row.probability == pytest.approx(images.loc[row.key, prob_column(row.level)])
         assert row.patient == images.loc[row.key, "patient"]
     top = index[index.level == "L4-5"]["probability"]
     assert top.is_monotonic_decreasing
-    assert top.iloc[-1] >= images["prob_L4_5"].drop(index[index.level == "L4-5"]["key"]).max()
+    assert top.iloc[-1] >= images["prob_L4-5"].drop(index[index.level == "L4-5"]["key"]).max()
 
 
 def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -> None:
@@ -106,10 +107,10 @@ def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -
 
 def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
     truth = read_truth(world["truth"]).iloc[0]
-    for c in LEVEL_COLUMNS:
-        box = level_boxes(truth, c, 1.0)
+    for level in LEVELS:
+        box = level_boxes(truth, level, 1.0)
         assert inside(box["centre"], box, "disc_half_height")
-        others = [level_boxes(truth, o, 1.0) for o in LEVEL_COLUMNS if o != c]
+        others = [level_boxes(truth, o, 1.0) for o in LEVELS if o != level]
         assert not any(inside(box["centre"], other, "level_half_height") for other in others)
 
 
@@ -120,13 +121,14 @@ def test_pointing_game_scores_planted_peaks(world: dict[str, Path], tmp_path: Pa
     the spine. Heatmaps at half the truth resolution check the scaling to downscaled shards."""
     truth = read_truth(world["truth"]).head(8)
     rows = []
-    for i, t in enumerate(truth.itertuples()):
+    for i, (_, t) in enumerate(truth.iterrows()):
         level = i % 4
-        heat = np.zeros((t.height // 2, t.width // 2), np.float32)
-        column = LEVEL_COLUMNS[level + shift]
-        heat[int(getattr(t, f"{column}_y") / 2), int(getattr(t, f"{column}_x") / 2)] = 1.0
-        np.save(tmp_path / f"{t.key}.npy", heat)
-        rows.append({"key": t.key, "level": LEVELS[level], "probability": 0.9, "label": 1, "heatmap": f"{t.key}.npy"})
+        heat = np.zeros((t["height"] // 2, t["width"] // 2), np.float32)
+        peak_level = LEVELS[level + shift]
+        heat[int(t[f"{peak_level}_y"] / 2), int(t[f"{peak_level}_x"] / 2)] = 1.0
+        np.save(tmp_path / f"{t['key']}.npy", heat)
+        rows.append({"key": t["key"], "level": LEVELS[level], "probability": 0.9, "label": 1,
+                     "heatmap": f"{t['key']}.npy"})
     rows.append({**rows[0], "label": 0})  # not a true positive: not counted
     images = truth[["key", "view"]]
     result = pointing_game(pd.DataFrame(rows), images, dict.fromkeys(LEVELS, 0.5), world["truth"], tmp_path)
@@ -154,10 +156,11 @@ def test_predict_agrees_with_eval_for_a_test_patient(report: Path, world: dict[s
     assert "L4-5" in out.err and "probability" in out.err
     assert result["n_images"] == len(paths) and result["age"] == 50
     metrics = json.loads((report / "metrics.json").read_text())["metrics"]
-    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
-        assert result["targets"][name]["probability"] == pytest.approx(patients.loc[patient, f"prob_{c}"], abs=1e-5)
+    for name in LEVELS:
+        assert result["targets"][name]["probability"] == pytest.approx(patients.loc[patient, prob_column(name)],
+                                                                       abs=1e-5)
         assert result["targets"][name]["threshold"] == pytest.approx(metrics[name]["threshold"])
-        assert result["targets"][name]["hnp"] == bool(patients.loc[patient, f"pred_{c}"])
+        assert result["targets"][name]["hnp"] == bool(patients.loc[patient, pred_column(name)])
 
 
 def test_predict_writes_gradcam(world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -227,38 +230,27 @@ def test_dali_loader_predicts_every_image_once_like_the_torch_loader(world: dict
     dali = pd.read_parquet(out / "predictions_images.parquet").set_index("key")
     torch_loader = pd.read_parquet(report / "predictions_images.parquet").set_index("key")
     assert dali.index.is_unique and sorted(dali.index) == sorted(torch_loader.index)
-    columns = [f"prob_fold{k}_{c}" for k in range(4) for c in LEVEL_COLUMNS]
+    columns = [prob_column(level, k) for k in range(4) for level in LEVELS]
     # the two loaders' resizes agree within a few gray levels, so the predictions nearly agree
     assert np.abs(dali.loc[torch_loader.index, columns] - torch_loader[columns]).to_numpy().max() < 0.02
 
 
 def test_test_metrics_go_to_the_experiment_wandb_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
-    from test_train_wandb import read_wandb_records
-
     from eval.run_eval import log_metrics_to_wandb
 
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(var, raising=False)
-    cfg = load_config(CONFIGS / "tiny.yaml", ["name=wbeval"])
+    cfg = load_config("tiny", ["name=wbeval"])
     table = pd.DataFrame({"roc_auc": [0.7, 0.8], "f1": [0.4, float("nan")]}, index=pd.Index(["L4-5", "any"]))
     log_metrics_to_wandb(cfg, table, tmp_path)
-    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 1
-    # wandb 0.31's service writes the offline file after finish() returns: wait for the closing exit record
-    deadline = time.monotonic() + 30
-    records = read_wandb_records(files[0])
-    while not any(record.HasField("exit") for record in records):
-        assert time.monotonic() < deadline, "the offline run file was not completed within 30 s"
-        time.sleep(0.2)
-        records = read_wandb_records(files[0])
+    records = completed_run_records(tmp_path)
     run = next(record.run for record in records if record.HasField("run"))
     assert (run.run_group, run.display_name) == ("wbeval", "wbeval-eval")
     keys = {item.key or "/".join(item.nested_key) for record in records if record.HasField("history")
             for item in record.history.item}
     assert {"test/roc_auc/L4-5", "test/roc_auc/any", "test/f1/L4-5"} <= keys
     assert "test/f1/any" not in keys  # NaN metrics are left out
-    log_metrics_to_wandb(load_config(CONFIGS / "tiny.yaml", ["wandb.mode='off'"]), table, tmp_path / "off")
+    log_metrics_to_wandb(load_config("tiny", ["wandb.mode='off'"]), table, tmp_path / "off")
     assert not (tmp_path / "off").exists()
 
 
@@ -301,9 +293,9 @@ def test_youden_oof_thresholds_come_from_patient_level_validation_scores(world: 
                     patients[member.name[:-5]] = json.load(archive.extractfile(member))["patient"]
     oof = pd.concat(pd.read_parquet(p) for p in world["run"].glob("fold*/val_predictions.parquet"))
     per_patient = oof.assign(patient=oof["key"].map(patients)).groupby("patient").mean(numeric_only=True)
-    for name, c in zip(LEVELS, LEVEL_COLUMNS, strict=True):
+    for name in LEVELS:
         # Youden's J picks one of the observed scores (or just above the highest) as the cut-off
-        scores = per_patient[f"prob_{c}"].to_numpy()
+        scores = per_patient[prob_column(name)].to_numpy()
         threshold = metrics[name]["threshold"]
         assert np.isclose(scores, threshold, atol=1e-6).any() or threshold > scores.max()
 
@@ -320,3 +312,18 @@ def test_predict_needs_only_the_checkpoints(world: dict[str, Path], tmp_path: Pa
     result = json.loads(capsys.readouterr().out)
     assert result["targets"]["any"]["threshold"] == 0.5
     assert result["targets"]["L4-5"]["threshold"] != 0.5
+
+
+def test_eval_refuses_shards_the_run_did_not_train_on(world: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from sharding.build import ShardOptions, shard_manifest
+
+    other = tmp_path / "other"
+    shard_manifest(ShardOptions(manifest=world["phantom"] / "manifest.parquet", out=other, seed=1, progress=False))
+    argv = ["eval", "--run", str(world["run"]), "--shards", str(other), "--out", str(tmp_path / "r"),
+            "--gradcam-top", "0", "--no-wandb"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    trained = torch.load(world["run"] / "fold0" / "best.pt", weights_only=True)["dataset"]
+    assert f"the run trained on shards {trained}, but {other / 'dataset.json'} is " in err
+    assert not (tmp_path / "r" / "metrics.json").exists()

@@ -5,7 +5,7 @@ Bounded memory: the peak anonymous RSS (RssAnon: what the process holds itself) 
 run's by at most RSS_MARGIN_MB. Eval keeps a small record per image (key, metadata, index entry, 4 x 5
 probabilities and the frames built from them: 7-9 KB an image at 5k-20k, BENCHMARKS.md, and 4-7 KB here); the peak
 is set by what does not depend on N (torch, DALI, the 4 models, a Grad-CAM batch).
-Holding every model input (configs/tiny.yaml's 128 x 128 float32, 64 KB an image) adds 3N x 64 KB = 47 MB between
+Holding every model input (the tiny config's 128 x 128 float32, 64 KB an image) adds 3N x 64 KB = 47 MB between
 the runs: injected, it measured +50 MB and fails; honest runs measured +3 to +5 MB. A leak under
 ~16 KB an image (e.g. the decoded 128 x 100 radiographs) would pass here; BENCHMARKS.md's 5k-20k figures bound it.
 The peak RSS (ru_maxrss) is not what is bounded: it also counts the file pages of the test tars, which DALI's

@@ -20,8 +20,8 @@ SPEC.loader.exec_module(bench)
 
 @pytest.mark.slow
 def test_pipeline_throughput_runs_every_measurement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = argparse.Namespace(data_dir=tmp_path / "data", patients=8, size="240x200", config=REPO / "configs" /
-                              "paper.yaml", repeat=1, epochs=1, device="cpu", out=tmp_path / "out")
+    args = argparse.Namespace(data_dir=tmp_path / "data", patients=8, size="240x200",
+                              config="paper", repeat=1, epochs=1, device="cpu", out=tmp_path / "out")
     bench.main(args)
     table = json.loads((tmp_path / "out" / "pipeline_throughput.json").read_text())["results"]
     assert list(table) == [bench.RAW, "DALI CPU pipeline (uint8 batches)", "DALI CPU loader (float tensors, CPU)",

@@ -1,36 +1,23 @@
-"""Privacy end to end: one reduced `hnp demo` with W&B at its default (offline), then every byte it left behind is
-searched for the phantom's patient and study IDs.
+"""Privacy end to end: the shared reduced `hnp demo` (tests/support/demo.py: an installed copy, W&B at its default,
+offline; run twice), then every byte it left behind is searched for the phantom's patient and study IDs.
 
-The phantom is generated first, with the arguments the demo itself would use, so the test knows the raw IDs; the
-demo then finds the manifest and starts at `hnp validate`. Searched: everything under the demo folder except the
-phantom (the input), W&B's own folders (WANDB_DIR, cache, config, data), Ray's session folder (RAY_TMPDIR: worker
-logs included) and the captured stdout/stderr of the whole run.
+Searched: everything under the demo folder except the phantom (the input), W&B's own folders (WANDB_DIR, cache,
+config, data), Ray's session folder (RAY_TMPDIR: worker logs included) and the captured stdout/stderr of both runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import stat
-import subprocess
-import sys
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-HNP = "import sys; from hnp.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def _hnp(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-c", HNP, *argv], cwd=REPO, env=env, capture_output=True,
-                          timeout=timeout, check=False)
+from hnp.shard_format import sample_key
 
 
 def _files(*folders: Path, skip: Path | None = None) -> Iterator[Path]:
@@ -57,33 +44,15 @@ def _alternation(words: list[str]) -> re.Pattern[bytes]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """Phantom + reduced demo in subprocesses with private W&B and Ray folders; what the checks need."""
-    root = tmp_path_factory.mktemp("privacy")
-    out, wandb_home = root / "demo", root / "wandb-home"
-    # Ray puts a unix socket under its temp dir: keep the path short (sockets are limited to 107 bytes).
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hnpray", dir="/tmp"))
-    env = {**os.environ, "WANDB_DIR": str(wandb_home / "dir"), "WANDB_CACHE_DIR": str(wandb_home / "cache"),
-           "WANDB_CONFIG_DIR": str(wandb_home / "config"), "WANDB_DATA_DIR": str(wandb_home / "data"),
-           "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(REPO)}
-    env.pop("WANDB_MODE", None)  # the default is what is under test
-    env.pop("RAY_ADDRESS", None)
-    for sub in ("dir", "cache", "config", "data"):
-        (wandb_home / sub).mkdir(parents=True)
-    try:
-        phantom = _hnp(["phantom", "--out", str(out / "phantom"), "--patients", "80", "--seed", "0",
-                        "--prevalence", "balanced", "--workers", "2"], env, timeout=300)
-        assert phantom.returncode == 0, phantom.stderr.decode()[-3000:]
-        run = _hnp(["demo", "--out", str(out), "--patients", "80", "--workers", "2", "--gradcam-top", "4",
-                    "--set", "train.epochs=1", "--set", "data.image_size=64"], env, timeout=900)
-        assert run.returncode == 0, run.stderr.decode()[-3000:]
-        searched = [*_files(out, skip=out / "phantom"), *_files(wandb_home, ray_tmp)]
-        yield {"out": out, "wandb_home": wandb_home, "ray_tmp": ray_tmp, "searched": searched,
-               "streams": {"phantom stdout": phantom.stdout, "phantom stderr": phantom.stderr,
-                           "demo stdout": run.stdout, "demo stderr": run.stderr},
-               "manifest": pd.read_parquet(out / "phantom" / "manifest.parquet")}
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+def demo(installed_demo: dict) -> dict:
+    """What the checks need from the shared demo run: the files searched, the streams, the input manifest."""
+    out = installed_demo["out"]
+    searched = [*_files(out, skip=out / "phantom"), *_files(installed_demo["wandb_home"], installed_demo["ray_tmp"])]
+    runs = {name: installed_demo[name] for name in ("phantom", "first", "again")}
+    streams = {f"demo {name} {stream}": getattr(run, stream) for name, run in runs.items()
+               for stream in ("stdout", "stderr")}
+    return {**installed_demo, "searched": searched, "streams": streams,
+            "manifest": pd.read_parquet(out / "phantom" / "manifest.parquet")}
 
 
 @pytest.mark.slow
@@ -134,5 +103,5 @@ def test_wandb_offline_runs_hold_metrics_only(demo: dict) -> None:
     first = dataset["splits"]["test"]["shards"][0]["file"]
     with tarfile.open(out / "shards" / first) as tar:
         metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
-    words = [m["patient"] for m in metas] + [f"r{m['row']:07d}" for m in metas]
+    words = [m["patient"] for m in metas] + [sample_key(m["row"]) for m in metas]
     assert words and _hits(_alternation(words), files, {}) == []

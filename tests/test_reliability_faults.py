@@ -36,7 +36,6 @@ from sharding.build import ShardOptions, shard_manifest
 from train.loop import FoldContext, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 
 
 def _children(pid: int) -> list[int]:
@@ -143,7 +142,7 @@ def test_a_corrupt_resume_state_is_refused_naming_the_file_and_why(tmp_path: Pat
     folder can) stops the fold's restart with an error naming the file and what is wrong, before any epoch runs:
     not torch's traceback, not a silent restart from epoch 1 over the fold's files, not flipped weights."""
     train, val = BandLoader(32, 16, seed=1), BandLoader(32, 16, seed=2)
-    train_fold(load_config(CONFIGS / "tiny.yaml", ["train.epochs=1"]), tmp_path, train, val, FoldContext(fold=0))
+    train_fold(load_config("tiny", ["train.epochs=1"]), tmp_path, train, val, FoldContext(fold=0))
     state = tmp_path / "state.pt"
     intact = state.read_bytes()
     middle = len(intact) // 2  # inside the model weights, the archive's largest member
@@ -162,7 +161,7 @@ def test_a_corrupt_resume_state_is_refused_naming_the_file_and_why(tmp_path: Pat
     fold_files = {name: _digest(tmp_path / name) for name in ("best.pt", "history.csv")}
     epochs: list[float] = []
     with pytest.raises(HnpError) as caught:
-        train_fold(load_config(CONFIGS / "tiny.yaml", ["train.epochs=2"]), tmp_path, train, val, FoldContext(fold=0),
+        train_fold(load_config("tiny", ["train.epochs=2"]), tmp_path, train, val, FoldContext(fold=0),
                    on_epoch_end=lambda row, _: epochs.append(row["epoch"]))
     message = str(caught.value)
     reason = {"truncated": "not a torch.save archive", "garbage": "not a torch.save archive",
@@ -247,7 +246,7 @@ def test_killed_worker_restores_its_fold_and_killed_driver_resumes_the_run(tmp_p
     shards = tmp_path / "shards2"
     shard_manifest(ShardOptions(manifest=manifest, out=shards, folds=2, progress=False))
     out = tmp_path / "run"
-    argv = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--shards", str(shards), "--out", str(out),
+    argv = ["train", "--config", "tiny", "--shards", str(shards), "--out", str(out),
             *[item for setting in ("folds=2", "data.image_size=128", "data.batch_size=8", f"train.epochs={EPOCHS}",
                                    "ray.max_concurrent_folds=1", "wandb.mode=off") for item in ("--set", setting)]]
 

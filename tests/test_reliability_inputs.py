@@ -262,7 +262,7 @@ def test_random_manifests_give_problems_naming_rows_never_a_traceback(image_fold
 
 @pytest.fixture(scope="module")
 def eval_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Phantom shards (4 folds + test) and a run of 4 untrained fold checkpoints (tests/eval_run_fixture.py)."""
+    """Phantom shards (4 folds + test) and a run of 4 untrained fold checkpoints (tests/support/runs.py)."""
     from support.runs import build_phantom_shards, build_run, tiny_config
 
     folder = tmp_path_factory.mktemp("missing_folds")
@@ -317,7 +317,7 @@ def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, 
 
     monkeypatch.setattr(train.ray_folds, "_init_ray", no_ray)
     shards = _copy_without(eval_world["shards"], tmp_path / "shards", "fold2")
-    args = argparse.Namespace(config=REPO / "configs" / "tiny.yaml", shards=shards, out=tmp_path / "run",
+    args = argparse.Namespace(config="tiny", shards=shards, out=tmp_path / "run",
                               overrides=["wandb.mode=off"], address=None)
     with pytest.raises(HnpError, match="fold2"):
         train_cli.run(args)

@@ -22,10 +22,10 @@ from support.manifests import PATIENT_ID_PREFIX
 
 from hnp.cli import COMMANDS
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS
+from hnp.levels import LEVEL_COLUMNS, LEVELS
 from sharding import shard_cli, shards
 from sharding.build import ShardOptions, shard_manifest
-from sharding.shards import parse_size, ustar_header
+from sharding.shards import parse_byte_size, ustar_header
 
 SPLITS = ["fold0", "fold1", "fold2", "fold3", "test"]
 
@@ -77,13 +77,13 @@ def test_shard_command_is_registered() -> None:
 @pytest.mark.parametrize(("text", "expected"), [("256MB", 256 * 2**20), ("1GB", 2**30), ("900kb", 900 * 1024),
                                                 ("1.5 MB", int(1.5 * 2**20)), ("4096", 4096), ("10B", 10)])
 def test_parse_size(text: str, expected: int) -> None:
-    assert parse_size(text) == expected
+    assert parse_byte_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "MB", "-5MB", "12TB", "0"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(HnpError, match="shard size"):
-        parse_size(text)
+        parse_byte_size(text)
 
 
 @pytest.mark.parametrize(("name", "size"), [("r0000000.jpg", 0), ("r0000001.json", 1), ("r1234567.lbl", 28),
@@ -125,7 +125,7 @@ def test_layout_samples_and_counts(make_manifest: Callable[..., Path], tmp_path:
             assert sample["lbl"].tolist() == [*labels, max(labels), source["age"]]
             assert (split == "test") == (source["split"] == "test")
             seen_rows.append(row)
-        positives = {c: sum(s["meta"]["labels"][i] for s in samples) for i, c in enumerate(LEVEL_COLUMNS)}
+        positives = {level: sum(s["meta"]["labels"][i] for s in samples) for i, level in enumerate(LEVELS)}
         assert record["positives"] == {**positives, "any": sum(s["meta"]["any"] for s in samples)}
     assert sorted(seen_rows) == list(range(80))  # every row exactly once
 
@@ -384,7 +384,7 @@ def test_table1_file_matches_dataset(make_manifest: Callable[..., Path], tmp_pat
     text = (out / "table1.md").read_text()
     for split in SPLITS:
         record = dataset["splits"][split]
-        hnp = " | ".join(f"{record['positives'][c]:,}" for c in LEVEL_COLUMNS)
+        hnp = " | ".join(f"{record['positives'][level]:,}" for level in LEVELS)
         assert f"|  | HNP | {hnp} |" in text
 
 
@@ -403,7 +403,7 @@ def test_no_test_rows_gives_an_empty_test_split(make_manifest: Callable[..., Pat
     out = tmp_path / "out"
     dataset = shard(make_manifest(patients=12, test_fraction=0.0), out)
     assert dataset["splits"]["test"] == {"samples": 0, "patients": 0,
-                                         "positives": {**dict.fromkeys(LEVEL_COLUMNS, 0), "any": 0}, "shards": []}
+                                         "positives": {**dict.fromkeys(LEVELS, 0), "any": 0}, "shards": []}
     assert sum(dataset["splits"][f"fold{k}"]["samples"] for k in range(4)) == 24
 
 

@@ -15,8 +15,6 @@ from hnp.levels import LEVELS
 from train.loop import FoldContext, build_scheduler, train_fold
 from train.model import load_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 class BandLoader:
     """A fixed set of batches: level j positive brightens horizontal band j of a noisy gray image,
@@ -43,7 +41,7 @@ class BandLoader:
 
 
 def _cfg(task: str, **train: object) -> ExperimentConfig:
-    cfg = load_config(CONFIGS / "tiny.yaml", [f"model.task={task}", "train.epochs=3", "optim.t_0=3"])
+    cfg = load_config("tiny", [f"model.task={task}", "train.epochs=3", "optim.t_0=3"])
     return replace(cfg, train=replace(cfg.train, **train))
 
 
@@ -87,7 +85,7 @@ def test_amp_and_accumulation_train(amp: str, tmp_path: Path) -> None:
 
 
 def test_scheduler_restarts_after_t0_epochs() -> None:
-    cfg = load_config(CONFIGS / "tiny.yaml", ["optim.t_0=1", "optim.t_mult=1", "optim.lr=1.0e-3"])
+    cfg = load_config("tiny", ["optim.t_0=1", "optim.t_mult=1", "optim.lr=1.0e-3"])
     optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch=4)
     lrs = []

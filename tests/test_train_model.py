@@ -16,7 +16,7 @@ from train.model import (
     build_model,
     checkpoint_dict,
     load_checkpoint,
-    output_columns,
+    output_names,
     outputs_to_predictions,
     task_targets,
 )
@@ -29,9 +29,9 @@ TINY = ModelConfig(name="test_efficientnet", pretrained="none", drop_rate=0.0)
     ("levels", 3, LEVELS),
     ("levels_age", 1, (*LEVELS, "age")),
 ])
-def test_each_task_has_its_output_columns(task: str, channels: int, columns: tuple[str, ...]) -> None:
+def test_each_task_has_its_outputs(task: str, channels: int, columns: tuple[str, ...]) -> None:
     model = build_model(replace(TINY, task=task), channels=channels)
-    assert output_columns(task) == columns
+    assert output_names(task) == columns
     assert model(torch.zeros(2, channels, 64, 64)).shape == (2, len(columns))
 
 
@@ -43,7 +43,7 @@ def _batch(n: int = 4) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("task", ["any", "levels", "levels_age"])
 def test_targets_loss_and_predictions_agree_on_columns(task: str) -> None:
     targets = task_targets(_batch(), task)
-    assert targets.shape == (4, len(output_columns(task)))
+    assert targets.shape == (4, len(output_names(task)))
     outputs = torch.zeros_like(targets)
     loss = TaskLoss(replace(TINY, task=task, pos_weight=(1.0, 2.0, 3.0, 4.0, 5.0)))(outputs, targets)
     assert torch.isfinite(loss) and loss > 0
@@ -82,19 +82,23 @@ def test_pretrained_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_rebuilds_the_model_offline(tmp_path: Path) -> None:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    cfg = load_config("tiny")
     assert isinstance(cfg, ExperimentConfig)
     model = build_model(cfg.model, cfg.data.channels)
     auc = dict(zip(LEVELS, (0.5, 0.6, 0.7, 0.8, 0.9), strict=True))
     thresholds = dict.fromkeys(LEVELS, 0.3)
-    path = atomic_torch_save(checkpoint_dict(model, cfg, fold=2, epoch=3, val_auc=auc, thresholds=thresholds),
-                             tmp_path / "fold2" / "best.pt")
+    saved = checkpoint_dict(model, cfg, fold=2, epoch=3, val_auc=auc, thresholds=thresholds, dataset="0123abcd")
+    path = atomic_torch_save(saved, tmp_path / "fold2" / "best.pt")
     fold = load_checkpoint(path)
-    assert (fold.fold, fold.epoch, fold.val_auc, fold.thresholds) == (2, 3, auc, thresholds)
-    assert fold.config == cfg and fold.columns == LEVELS and not fold.model.training
+    assert (fold.fold, fold.epoch, fold.val_auc, fold.thresholds, fold.dataset) == (2, 3, auc, thresholds, "0123abcd")
+    assert fold.config == cfg and fold.outputs == LEVELS and not fold.model.training
     x = torch.randn(2, 1, 64, 64)
     assert torch.allclose(fold.model(x), model.eval()(x))
     assert list(tmp_path.joinpath("fold2").iterdir()) == [path]  # no temporary file left behind
+    # a best.pt written before checkpoints recorded their shards still loads
+    del saved["dataset"]
+    torch.save(saved, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").dataset == ""
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ from pipeline.loader import build_loader
 from train.loop import FoldContext, train_fold
 from train.model import load_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 @pytest.mark.slow
 def test_loop_learns_lower_levels_on_phantom_shards(tmp_path: Path) -> None:
@@ -22,7 +20,7 @@ def test_loop_learns_lower_levels_on_phantom_shards(tmp_path: Path) -> None:
                      "--prevalence", "balanced"]) == 0
     assert hnp_main(["shard", "--manifest", str(tmp_path / "data" / "manifest.parquet"),
                      "--out", str(tmp_path / "shards"), "--no-progress"]) == 0
-    cfg = load_config(CONFIGS / "tiny.yaml", ["train.epochs=4", "optim.t_0=4", "data.batch_size=32"])
+    cfg = load_config("tiny", ["train.epochs=4", "optim.t_0=4", "data.batch_size=32"])
     shards = tmp_path / "shards"
     train = build_loader(cfg.data, split_shards(shards, ["fold1", "fold2", "fold3"]), training=True)
     val = build_loader(cfg.data, split_shards(shards, ["fold0"]), training=False)

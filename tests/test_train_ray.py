@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hnp.config import builtin_configs
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from sharding.build import ShardOptions, shard_manifest
 from train import cli
 from train.model import load_checkpoint
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def band_shards(root: Path, patients: int = 40, size: int = 96, seed: int = 0) -> Path:
@@ -42,7 +41,7 @@ def band_shards(root: Path, patients: int = 40, size: int = 96, seed: int = 0) -
 
 def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
     settings = ["data.image_size=64", "data.batch_size=8", *overrides]
-    return argparse.Namespace(config=CONFIGS / "tiny.yaml", shards=shards, out=out, overrides=settings, address=None)
+    return argparse.Namespace(config="tiny", shards=shards, out=out, overrides=settings, address=None)
 
 
 @pytest.mark.slow
@@ -89,18 +88,34 @@ def test_relaunch_with_another_config_is_refused(tmp_path: Path) -> None:
     (shards / "dataset.json").write_text("{}")
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text((CONFIGS / "tiny.yaml").read_text())
+    (out / "config.yaml").write_text(builtin_configs()["tiny"].read_text())
     with pytest.raises(cli.HnpError, match=r"differs in .*optim.lr"):
         cli.run(_args(shards, out, "optim.lr=0.5"))
-    with pytest.raises(cli.HnpError, match="no dataset.json"):
-        cli.run(_args(tmp_path, out))
+    with pytest.raises(cli.HnpError, match="dataset.json: not found"):
+        cli.run(_args(tmp_path, tmp_path / "new-run"))
+
+
+def test_folds_come_from_the_shards_and_a_run_stays_on_its_shards(make_manifest, tmp_path: Path) -> None:
+    from sharding.build import ShardOptions, shard_manifest
+
+    five = tmp_path / "five"
+    shard_manifest(ShardOptions(manifest=make_manifest(patients=20), out=five, folds=5, progress=False))
+    with pytest.raises(cli.HnpError, match=r"the config says folds: 4 but .*five/dataset.json holds 5 folds"):
+        cli.run(_args(five, tmp_path / "run"))
+    # a run folder that started on other shards (its run.json names them) is refused, naming both identities
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"dataset": "0000000000000000"}')
+    started_elsewhere = r"trained on shards 0000000000000000, but .*five/dataset.json is [0-9a-f]{16}"
+    with pytest.raises(cli.HnpError, match=started_elsewhere):
+        cli.run(_args(five, run, "folds=5"))
 
 
 def test_fold_bookkeeping(tmp_path: Path) -> None:
     from hnp.config import load_config
     from train.ray_folds import fold_finished, fold_splits
 
-    cfg = load_config(CONFIGS / "tiny.yaml")
+    cfg = load_config("tiny")
     assert fold_splits(cfg, 2) == (["fold0", "fold1", "fold3"], ["fold2"])
     assert not fold_finished(tmp_path, epochs=2)
     pd.DataFrame({"epoch": [1]}).to_csv(tmp_path / "history.csv", index=False)

@@ -14,8 +14,6 @@ from hnp.config import ExperimentConfig, load_config
 from pipeline import build_loader, split_shards
 from train.loop import FoldContext, train_fold
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -27,7 +25,7 @@ def resume_cfg(loader: str, epochs: int) -> ExperimentConfig:
     overrides = [f"data.loader={loader}", "data.image_size=48", "data.batch_size=4", "data.shuffle_buffer=8",
                  f"data.num_threads={1 if loader == 'dali' else 0}", "data.augment.enabled=true",
                  "model.drop_rate=0.4", f"train.epochs={epochs}", "optim.t_0=1"]
-    return load_config(CONFIGS / "tiny.yaml", overrides)
+    return load_config("tiny", overrides)
 
 
 def train(cfg: ExperimentConfig, shards: Path, fold_dir: Path) -> list[dict[str, float]]:

@@ -1,7 +1,7 @@
 """Train the cross-validation folds with Ray (one TorchTrainer per fold, several folds at once).
 
-    hnp train --config configs/tiny.yaml --shards shards/ --out runs/tiny
-    hnp train --config configs/paper.yaml --shards /data/shards --set train.epochs=20 --set ray.max_concurrent_folds=2
+    hnp train --config tiny --shards shards/ --out runs/tiny
+    hnp train --config paper --shards /data/shards --set train.epochs=20 --set ray.max_concurrent_folds=2
 
 Joins the Ray cluster named by --address or RAY_ADDRESS (as under `ray job submit`), else starts Ray locally.
 Relaunching with the same --out resumes: finished folds are skipped, unfinished ones continue from their last
@@ -11,18 +11,22 @@ epoch. `python train/run_folds.py` takes the same flags.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from hnp.config import ExperimentConfig, config_to_dict, load_config, save_config
 from hnp.errors import HnpError
+from hnp.files import atomic_write_text
+from hnp.shard_format import DATASET_FILE, Dataset, fold_split, read_dataset
 
 log = logging.getLogger("hnp.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `hnp train` and `train/run_folds.py`."""
-    parser.add_argument("--config", type=Path, required=True, help="experiment YAML (e.g. configs/paper.yaml)")
+    parser.add_argument("--config", required=True,
+                        help="experiment config: a built-in name (paper, local-3090, tiny) or a YAML file")
     parser.add_argument("--shards", type=Path, required=True, help="shard folder written by `hnp shard`")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -36,13 +40,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out_dir = args.out or Path("runs") / cfg.name
-    if not (args.shards / "dataset.json").is_file():
-        raise HnpError(f"{args.shards}: no dataset.json; is this a shard folder written by `hnp shard`?")
     _check_same_experiment(cfg, out_dir)
-    _check_fold_shards(args.shards, cfg.folds)
+    dataset = read_dataset(args.shards)
+    check_folds(cfg, dataset)
+    _check_same_shards(out_dir, dataset)
+    # Every fold's tars must be there before Ray starts: a missing one would fail each fold's workers, retried.
+    dataset.split_shards([fold_split(k) for k in range(dataset.folds)])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    outcomes = train_folds(cfg, args.shards, out_dir, address=args.address)
+    atomic_write_text(out_dir / RUN_RECORD, json.dumps({"dataset": dataset.identity}, indent=2) + "\n")
+    outcomes = train_folds(cfg, dataset, out_dir, address=args.address, verbose=getattr(args, "verbose", False))
     for outcome in outcomes:
         log.info("fold%d: %s%s", outcome.fold, outcome.status, f" ({outcome.error})" if outcome.error else "")
     failed = [f"fold{o.fold}" for o in outcomes if o.status == "failed"]
@@ -53,13 +60,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fold_shards(shards: Path, folds: int) -> None:
-    """Every fold's tars must be there before Ray starts: a missing one would fail each fold's workers, retried."""
-    from pipeline.dataset import split_shards
+def check_folds(cfg: ExperimentConfig, dataset: Dataset) -> None:
+    """The folds come from the shards: a config that counts others is refused, naming both."""
+    if cfg.folds != dataset.folds:
+        raise HnpError(f"the config says folds: {cfg.folds} but {dataset.folder / DATASET_FILE} holds "
+                       f"{dataset.folds} folds (hnp shard --folds {dataset.folds}): set --set folds={dataset.folds} "
+                       f"or shard again with --folds {cfg.folds}")
 
-    split_shards(shards, [f"fold{k}" for k in range(folds)])
+
+def _check_same_shards(out_dir: Path, dataset: Dataset) -> None:
+    """Refuse to resume a run folder on other shards than it started on: its folds would mix two data sets."""
+    record = out_dir / RUN_RECORD
+    if not record.is_file():
+        return
+    started = json.loads(record.read_text()).get("dataset")
+    if started != dataset.identity:
+        raise HnpError(f"{out_dir}: this run trained on shards {started}, but {dataset.folder / DATASET_FILE} is "
+                       f"{dataset.identity}; use the shards it started with or another --out")
 
 
+# The run's record of the shards it trains on: {"dataset": the identity of their dataset.json}.
+RUN_RECORD = "run.json"
 # What a relaunch may change without invalidating finished epochs: their number, placement and logging.
 RESUMABLE_CHANGES = ("train.epochs", "ray.", "wandb.")
 

@@ -10,8 +10,8 @@ group already initialized, as Ray's TorchTrainer does) the model is wrapped here
 
 Files in the fold folder (rank 0 writes them, each atomically):
     best.pt                  the best epoch by mean validation AUC (see train.model.checkpoint_dict)
-    val_predictions.parquet  that epoch's out-of-fold predictions: key, fold, label_<c>, prob_<c> with the
-                             column-safe names (L1_2 ... or any), plus age and pred_age for levels_age
+    val_predictions.parquet  that epoch's out-of-fold predictions: key, fold, label_<target>, prob_<target>
+                             (hnp.predictions), plus age and pred_age for levels_age
     history.csv              one row per finished epoch: losses, lr, per-level validation AUC, img/s
     state.pt                 everything needed to resume after the last finished epoch
 """
@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from eval.bagging import output_columns as frame_columns
-from eval.metrics import youden_threshold
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
 from hnp.files import atomic_write
+from hnp.predictions import AGE, KEY, PRED_AGE, label_column, model_targets, prob_column
+from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
-from train.model import TaskLoss, build_model, checkpoint_dict, label_columns, outputs_to_predictions, task_targets
+from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
+from train.progress import FoldReporter
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
@@ -80,7 +81,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, the paper's optimizer (lr 3e-5 in configs/paper.yaml)."""
+    """Adam, the paper's optimizer (lr 3e-5 in the paper config)."""
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -165,8 +166,11 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else math.nan
 
 
+StepHook = Callable[[int, int, torch.Tensor, int, float], None]
+
+
 def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world_size: int = 1,
-                    desc: str = "train", progress: bool = True) -> EpochStats:
+                    desc: str = "train", progress: bool = True, on_step: StepHook | None = None) -> EpochStats:
     """One pass over the training loader; the optimizer steps every `grad_accum` batches (and on the last).
 
     Args:
@@ -175,6 +179,9 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         world_size: workers in the fold, to count images across ranks.
         desc: progress bar label.
         progress: show a progress bar (rank 0 only).
+        on_step: called after each batch with (batch number, batches, the epoch's summed loss so far as a device
+            tensor, images so far, seconds so far); reading the tensor syncs the device, so do it rarely
+            (`train.progress.FoldReporter.step` does, once a second).
     """
     trainer.model.train()
     n_batches = len(loader)  # type: ignore[arg-type]
@@ -191,6 +198,8 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         images += n
         if step_now:
             _optimizer_step(trainer)
+        if on_step is not None:
+            on_step(i + 1, n_batches, total_loss, images, time.perf_counter() - start)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
@@ -223,8 +232,8 @@ def _optimizer_step(trainer: Trainer) -> None:
 @dataclass(frozen=True)
 class Validation:
     loss: float
-    auc: dict[str, float]  # {label column: ROC AUC}, NaN where the fold lacks positives or negatives
-    thresholds: dict[str, float]  # {label column: Youden-J threshold}
+    auc: dict[str, float]  # {target: ROC AUC}, NaN where the fold lacks positives or negatives
+    thresholds: dict[str, float]  # {target: Youden-J threshold}
     predictions: pd.DataFrame  # one row per validation image
 
     @property
@@ -267,7 +276,7 @@ def evaluate(module: nn.Module, loader: Iterable[dict[str, Any]], loss_fn: TaskL
     out_all = torch.cat([t for part in parts for t in part[1]])
     target_all = torch.cat([t for part in parts for t in part[2]])
     frame = prediction_frame(keys, out_all, target_all, task)
-    auc, thresholds = score_columns(frame, task)
+    auc, thresholds = score_targets(frame, task)
     return Validation(loss=sum(part[3] for part in parts) / len(keys), auc=auc, thresholds=thresholds,
                       predictions=frame)
 
@@ -282,26 +291,25 @@ def _gather(local: Any) -> list[Any]:
 
 
 def prediction_frame(keys: list[str], outputs: torch.Tensor, targets: torch.Tensor, task: str) -> pd.DataFrame:
-    """Per-image predictions with the column-safe names eval/ reads: key, label_<c>, prob_<c> (+ age)."""
+    """Per-image predictions in the `hnp.predictions` schema: key, label_<target>, prob_<target> (+ age)."""
     probs, age = outputs_to_predictions(outputs, task)
-    columns = {"key": keys}
-    for i, name in enumerate(frame_columns(task)):
-        columns[f"label_{name}"] = targets[:, i].round().to(torch.int8).numpy()
-        columns[f"prob_{name}"] = probs[:, i].numpy()
+    columns = {KEY: keys}
+    for i, target in enumerate(model_targets(task)):
+        columns[label_column(target)] = targets[:, i].round().to(torch.int8).numpy()
+        columns[prob_column(target)] = probs[:, i].numpy()
     if age is not None:
         _, true_age = outputs_to_predictions(targets, task)
-        columns["age"] = true_age.numpy()
-        columns["pred_age"] = age.numpy()
+        columns[AGE] = true_age.numpy()
+        columns[PRED_AGE] = age.numpy()
     return pd.DataFrame(columns)
 
 
-def score_columns(frame: pd.DataFrame, task: str) -> tuple[dict[str, float], dict[str, float]]:
-    """ROC AUC and Youden-J threshold per label column (NaN when a column has one class only)."""
+def score_targets(frame: pd.DataFrame, task: str) -> tuple[dict[str, float], dict[str, float]]:
+    """ROC AUC and Youden-J threshold per model target (NaN when a target has one class only)."""
     auc, thresholds = {}, {}
-    for name, column in zip(label_columns(task), frame_columns(task), strict=True):
-        y, p = frame[f"label_{column}"].to_numpy(), frame[f"prob_{column}"].to_numpy()
-        auc[name] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
-        thresholds[name] = youden_threshold(y, p)
+    for target in model_targets(task):
+        y, p = frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy()
+        auc[target], thresholds[target] = roc_auc(y, p), youden_threshold(y, p)
     return auc, thresholds
 
 
@@ -317,7 +325,8 @@ EpochHook = Callable[[dict[str, float], Path], None]
 
 def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dict[str, Any]],
                val_loader: Iterable[dict[str, Any]], ctx: FoldContext,
-               on_epoch_end: EpochHook | None = None) -> list[dict[str, float]]:
+               on_epoch_end: EpochHook | None = None, dataset: str = "",
+               reporter: FoldReporter | None = None, state_shown_as: str | None = None) -> list[dict[str, float]]:
     """Train one fold to `cfg.train.epochs`, resuming after the last epoch recorded in `fold_dir/state.pt`.
 
     Args:
@@ -328,6 +337,12 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
         ctx: fold, rank, world size and device.
         on_epoch_end: called on every rank after each epoch, with the history row and the fold folder,
             once rank 0 has written the epoch's files (Ray reporting and W&B hang here).
+        dataset: the identity of the shards' dataset.json (`hnp.shard_format.Dataset.identity`), recorded in
+            best.pt so that `hnp eval` can refuse other shards.
+        reporter: rank 0's link to the driver's progress display (`train.progress`); None shows progress bars
+            on rank 0 instead.
+        state_shown_as: how messages name `fold_dir/state.pt` when it is a copy (Ray restores a checkpoint into
+            a temporary folder: a damaged one is named where it is stored).
 
     Returns:
         The whole history, one row per epoch.
@@ -335,26 +350,35 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
     log = FoldLogger(ctx)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # type: ignore[arg-type]
     trainer = build_trainer(cfg, steps_per_epoch, ctx)
-    history, best = resume(trainer, fold_dir / STATE_FILE, ctx)
-    if history:
-        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+    history, best = resume(trainer, fold_dir / STATE_FILE, ctx, shown_as=state_shown_as)
     is_main = ctx.rank == 0
+    if history and is_main:
+        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+        if reporter is not None:
+            reporter.resumed(len(history))
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
         # Every epoch draws from its own seeds (dropout per rank, the loader's order and jitter), so a resumed fold
         # trains its remaining epochs as an uninterrupted one would have.
         seed_everything(stream_seed(cfg.train.seed, ctx.rank, epoch))
         _set_epoch(train_loader, epoch)
-        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=is_main,
-                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}")
+        bars = is_main and reporter is None
+        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=bars,
+                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}",
+                                on_step=None if reporter is None else partial(reporter.step, epoch))
+        if reporter is not None:
+            reporter.validating(epoch)
         val = evaluate(trainer.module, val_loader, trainer.loss_fn, task=trainer.task, amp=cfg.train.amp,
-                       device=ctx.device, channels_last=cfg.train.channels_last, progress=is_main)
+                       device=ctx.device, channels_last=cfg.train.channels_last, progress=bars)
         history.append(history_row(epoch, stats, val))
         improved = not math.isnan(val.auc_mean) and not val.auc_mean <= best
         best = val.auc_mean if improved else best
         if is_main:
-            write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best)
-        log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
-                 val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+            write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best, dataset)
+        if is_main:
+            log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
+                     val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+        if reporter is not None:
+            reporter.epoch_done(epoch, stats.loss, val.auc_mean, stats.images_per_s)
         if on_epoch_end is not None:
             on_epoch_end(history[-1], fold_dir)
     return history
@@ -367,12 +391,13 @@ def _set_epoch(loader: Any, epoch: int) -> None:
 
 
 def write_epoch_files(fold_dir: Path, trainer: Trainer, cfg: ExperimentConfig, fold: int,
-                      history: list[dict[str, float]], best_val: Validation | None, best_auc: float) -> None:
+                      history: list[dict[str, float]], best_val: Validation | None, best_auc: float,
+                      dataset: str = "") -> None:
     """Write the epoch's files; state.pt goes last, so a crash leaves the previous epoch resumable."""
     epoch = len(history)
     if best_val is not None:
-        atomic_torch_save(checkpoint_dict(trainer.module, cfg, fold, epoch, best_val.auc, best_val.thresholds),
-                          fold_dir / "best.pt")
+        atomic_torch_save(checkpoint_dict(trainer.module, cfg, fold, epoch, best_val.auc, best_val.thresholds,
+                                          dataset), fold_dir / "best.pt")
         predictions = best_val.predictions.assign(fold=fold)
         atomic_write(fold_dir / "val_predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     frame = pd.DataFrame(history)
@@ -383,21 +408,28 @@ def write_epoch_files(fold_dir: Path, trainer: Trainer, cfg: ExperimentConfig, f
                       fold_dir / STATE_FILE)
 
 
-def resume(trainer: Trainer, state_path: Path, ctx: FoldContext) -> tuple[list[dict[str, float]], float]:
-    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC."""
+def resume(trainer: Trainer, state_path: Path, ctx: FoldContext,
+           shown_as: str | None = None) -> tuple[list[dict[str, float]], float]:
+    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC.
+
+    Args:
+        shown_as: the name messages give the file (its stored original when `state_path` is a copy).
+    """
     if not state_path.is_file():
         return [], -math.inf
+    name = shown_as or str(state_path)
     restart = "delete it (or the fold folder) to train the fold again from epoch 1"
-    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}")
+    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}",
+                            shown_as=name)
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise HnpError(f"{state_path}: not a training state (no {', '.join(missing)}); {restart}")
+        raise HnpError(f"{name}: not a training state (no {', '.join(missing)}); {restart}")
     try:
         trainer.module.load_state_dict(state["model_state"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as err:
-        raise HnpError(f"{state_path}: cannot resume from it ({err}); was it written by another config? "
+        raise HnpError(f"{name}: cannot resume from it ({err}); was it written by another config? "
                        "Delete the fold folder to start the fold again") from err
     return list(state["history"]), float(state["best_auc_mean"])

@@ -23,7 +23,7 @@ from torch import nn
 
 from hnp.config import ExperimentConfig, ModelConfig, build_dataclass, config_to_dict
 from hnp.errors import HnpError
-from hnp.levels import LEVELS
+from hnp.predictions import model_targets
 from train.checkpoint import load_torch_file
 
 # Age is regressed in standardized units so its loss is on the scale of the BCE terms.
@@ -31,14 +31,10 @@ AGE_CENTER = 50.0
 AGE_SCALE = 15.0
 
 
-def label_columns(task: str) -> tuple[str, ...]:
-    """The binary targets of a task: ("any",) or LEVELS."""
-    return ("any",) if task == "any" else LEVELS
-
-
-def output_columns(task: str) -> tuple[str, ...]:
-    """The model's output columns for a task, in order."""
-    return (*label_columns(task), "age") if task == "levels_age" else label_columns(task)
+def output_names(task: str) -> tuple[str, ...]:
+    """What each of the model's outputs is, in order: the task's targets (`hnp.predictions.model_targets`),
+    then "age" for levels_age."""
+    return (*model_targets(task), "age") if task == "levels_age" else model_targets(task)
 
 
 def build_model(cfg: ModelConfig, channels: int) -> nn.Module:
@@ -49,7 +45,7 @@ def build_model(cfg: ModelConfig, channels: int) -> nn.Module:
             download), "none" (random init) or a local file holding a state dict (no network needed).
         channels: input channels, 1 (gray) or 3 (gray replicated for ImageNet stems).
     """
-    num_outputs = len(output_columns(cfg.task))
+    num_outputs = len(output_names(cfg.task))
     kwargs: dict[str, Any] = {"num_classes": num_outputs, "in_chans": channels, "drop_rate": cfg.drop_rate}
     if cfg.pretrained == "hub":
         return _create(cfg.name, pretrained=True, **kwargs)
@@ -133,7 +129,7 @@ def task_targets(batch: dict[str, Any], task: str) -> torch.Tensor:
 def outputs_to_predictions(outputs: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Turn model outputs into (N, labels) probabilities and, for levels_age, (N,) predicted age in years."""
     outputs = outputs.float()
-    n_labels = len(label_columns(task))
+    n_labels = len(model_targets(task))
     probs = torch.sigmoid(outputs[:, :n_labels])
     age = outputs[:, n_labels] * AGE_SCALE + AGE_CENTER if task == "levels_age" else None
     return probs, age
@@ -160,7 +156,7 @@ class TaskLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         outputs = outputs.float()
-        n_labels = len(label_columns(self.task))
+        n_labels = len(model_targets(self.task))
         loss = nn.functional.binary_cross_entropy_with_logits(outputs[:, :n_labels], targets[:, :n_labels],
                                                               pos_weight=self.pos_weight)
         if self.task == "levels_age":
@@ -176,21 +172,22 @@ class FoldCheckpoint:
     config: ExperimentConfig
     fold: int
     epoch: int
-    val_auc: dict[str, float]  # {label column: AUC}
-    thresholds: dict[str, float]  # {label column: Youden-J threshold}
+    val_auc: dict[str, float]  # {target: AUC}
+    thresholds: dict[str, float]  # {target: Youden-J threshold}
+    dataset: str  # identity of the shards it trained on (hnp.shard_format.Dataset.identity); "" if not recorded
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        """The model's output columns."""
-        return output_columns(self.config.model.task)
+    def outputs(self) -> tuple[str, ...]:
+        """What each model output is (`output_names`)."""
+        return output_names(self.config.model.task)
 
 
 def checkpoint_dict(model: nn.Module, cfg: ExperimentConfig, fold: int, epoch: int, val_auc: dict[str, float],
-                    thresholds: dict[str, float]) -> dict[str, Any]:
+                    thresholds: dict[str, float], dataset: str = "") -> dict[str, Any]:
     """The `best.pt` contents (DESIGN.md, run contract)."""
     return {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "config": config_to_dict(cfg), "fold": fold, "epoch": epoch,
-            "val_auc": dict(val_auc), "thresholds": dict(thresholds)}
+            "val_auc": dict(val_auc), "thresholds": dict(thresholds), "dataset": dataset}
 
 
 def load_checkpoint(path: str | Path) -> FoldCheckpoint:
@@ -212,4 +209,5 @@ def load_checkpoint(path: str | Path) -> FoldCheckpoint:
     model = build_model(replace(cfg.model, pretrained="none"), channels=cfg.data.channels)
     model.load_state_dict(raw["model_state"])
     return FoldCheckpoint(model=model.eval(), config=cfg, fold=int(raw["fold"]), epoch=int(raw["epoch"]),
-                          val_auc=dict(raw["val_auc"]), thresholds=dict(raw["thresholds"]))
+                          val_auc=dict(raw["val_auc"]), thresholds=dict(raw["thresholds"]),
+                          dataset=str(raw.get("dataset", "")))  # not recorded before the shards had identities

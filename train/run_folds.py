@@ -1,14 +1,14 @@
 r"""Train the folds with Ray: the script form of `hnp train` (same flags), for `ray job submit`.
 
 On a Ray cluster (the head's job API, token auth on, see cluster/):
-    ray job submit --working-dir . -- python train/run_folds.py --config configs/paper.yaml \
+    ray job submit --working-dir . -- python train/run_folds.py --config paper \
         --shards /data/shards --out /data/runs/paper
 
 The job runs in Ray's copy of the working directory, so give --shards and --out as absolute paths, on storage
 every node reaches when the cluster has several.
 
 On this machine (starts a local Ray):
-    python train/run_folds.py --config configs/tiny.yaml --shards shards/ --out runs/tiny --set train.epochs=2
+    python train/run_folds.py --config tiny --shards shards/ --out runs/tiny --set train.epochs=2
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from train import cli  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's and the workers' own output (default: to <out>/logs/ray.log)")
     cli.add_arguments(parser)
     return parser.parse_args(argv)
 

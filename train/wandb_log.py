@@ -8,6 +8,8 @@ experiment name, the fold and the run folder, so a relaunch of the same experime
     log_epoch(run, history_row)      # val/auc/L1-2 ... val/auc_mean, train/loss, val/loss, lr, img_per_s
     run.finish()
 
+`open_run` is the one place a W&B run is created (with the privacy settings); `hnp eval` uses it for its run.
+
 Offline runs land in `<run_dir>/wandb/offline-run-*`; `wandb sync` uploads them when the user wants to.
 """
 
@@ -40,17 +42,33 @@ def start_fold_run(cfg: ExperimentConfig, fold: int, run_dir: Path) -> Any | Non
         fold: the fold number, which names the run.
         run_dir: the experiment's run folder; offline files go in its `wandb/` folder.
     """
+    return open_run(cfg, name=f"{cfg.name}-fold{fold}", job_type="train-fold", folder=run_dir,
+                    run_id=fold_run_id(cfg, fold, run_dir), config={**config_to_dict(cfg), "fold": fold})
+
+
+def open_run(cfg: ExperimentConfig, *, name: str, job_type: str, folder: Path, run_id: str | None = None,
+             config: dict[str, Any] | None = None) -> Any | None:
+    """A W&B run in the experiment's group, with code, git, console and requirements kept out; None when
+    `wandb.mode` is off.
+
+    Args:
+        cfg: the experiment config (`wandb` mode, project, entity; `name` is the group).
+        name: the run's display name.
+        job_type: "train-fold" or "eval".
+        folder: where the offline files go (its `wandb/` subfolder).
+        run_id: a stable id to resume the same run on a relaunch; None for a new run.
+        config: what to record as the run's config (scalars and the resolved experiment config only).
+    """
     if cfg.wandb.mode == "off":
         return None
     import wandb
 
     for key, value in PRIVACY_ENV.items():
         os.environ.setdefault(key, value)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    Path(folder).mkdir(parents=True, exist_ok=True)
     return wandb.init(
-        project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.name, name=f"{cfg.name}-fold{fold}",
-        id=fold_run_id(cfg, fold, run_dir), resume="allow", mode=cfg.wandb.mode, dir=str(run_dir),
-        job_type="train-fold", config={**config_to_dict(cfg), "fold": fold},
+        project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.name, name=name, id=run_id,
+        resume="allow" if run_id else None, mode=cfg.wandb.mode, dir=str(folder), job_type=job_type, config=config,
         settings=wandb.Settings(save_code=False, disable_code=True, disable_git=True, console="off",
                                 x_save_requirements=False),
     )

@@ -14,20 +14,19 @@ from pathlib import Path
 import torch
 
 from hnp.config import ExperimentConfig, load_config, save_config
+from hnp.shard_format import read_dataset
 from phantom.generate import PhantomConfig, generate
 from pipeline import build_loader, split_shards
 from sharding.build import ShardOptions, shard_manifest
 from train.loop import evaluate
 from train.model import TaskLoss, build_model, checkpoint_dict
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 
 def tiny_config(task: str = "levels", loader: str = "torch") -> ExperimentConfig:
-    """configs/tiny.yaml at 64 px, small batches, W&B off: seconds on one core."""
+    """The tiny config at 64 px, small batches, W&B off: seconds on one core."""
     overrides = [f"model.task={task}", f"data.loader={loader}", "data.image_size=64", "data.batch_size=8",
                  "data.num_threads=1", "wandb.mode='off'", "name=evaltest"]
-    return load_config(CONFIGS / "tiny.yaml", overrides)
+    return load_config("tiny", overrides)
 
 
 def build_phantom_shards(folder: Path, patients: int = 24, seed: int = 0) -> tuple[Path, Path]:
@@ -46,6 +45,7 @@ def build_run(folder: Path, shards: Path, cfg: ExperimentConfig, train_steps: in
     run = folder / "run"
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
+    dataset = read_dataset(shards).identity
     for fold in range(cfg.folds):
         torch.manual_seed(fold)
         model = build_model(cfg.model, cfg.data.channels)
@@ -57,7 +57,7 @@ def build_run(folder: Path, shards: Path, cfg: ExperimentConfig, train_steps: in
                        channels_last=False, progress=False)
         fold_dir = run / f"fold{fold}"
         fold_dir.mkdir(exist_ok=True)
-        torch.save(checkpoint_dict(model, cfg, fold, 1, val.auc, val.thresholds), fold_dir / "best.pt")
+        torch.save(checkpoint_dict(model, cfg, fold, 1, val.auc, val.thresholds, dataset), fold_dir / "best.pt")
         val.predictions.assign(fold=fold).to_parquet(fold_dir / "val_predictions.parquet", index=False)
     return run
 
