@@ -3,13 +3,14 @@ and per patient: the table of BENCHMARKS.md's "phantom difficulty" section.
 
     hnp phantom --out B/phantom --patients 2000 --difficulty paper --prevalence paper --test-fraction 0.4
     hnp shard --manifest B/phantom/manifest.parquet --out B/shards
-    hnp train --config configs/tiny.yaml --shards B/shards --out B/run
+    hnp train --config tiny --shards B/shards --out B/run
     hnp eval --run B/run --shards B/shards --out B/report --gradcam-top 0
     python bench/phantom_benchmark.py --phantom B/phantom --report B/report
 
 Per image: the 4-fold bagged probability of each test radiograph (report/predictions_images.parquet); per patient:
 the mean over the patient's radiographs (report/predictions_patients.parquet), as `hnp eval` scores it. The
-ceiling is that of the same test split (phantom/ceiling.json).
+ceiling is that of the same test split (phantom/ceiling.json), paired by `phantom.ceiling.beside_ceiling` as
+`hnp eval --truth` pairs them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from eval.report import PAPER_TABLE5
-from hnp.levels import LEVEL_COLUMNS, LEVELS
-from phantom.ceiling import ceiling_auc, read_ceiling, target_auc
+from hnp.levels import LEVELS
+from phantom.ceiling import beside_ceiling, ceiling_lines, count_warning
+
+COLUMNS = (("image", "model"), ("image", "ceiling"), ("patient", "model"), ("patient", "ceiling"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,33 +35,30 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def model_aucs(frame: pd.DataFrame) -> dict[str, dict]:
-    """Per level, the AUC (with counts) of `prob_<c>` against `label_<c>`."""
-    return {level: target_auc(frame[f"label_{c}"], frame[f"prob_{c}"])
-            for level, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)}
+def auc_text(auc: float | None) -> str:
+    return "–" if auc is None else f"{auc:.3f}"
 
 
 def main(args: argparse.Namespace) -> None:
-    ceiling = read_ceiling(args.phantom / "ceiling.json")
-    model = {"image": model_aucs(pd.read_parquet(args.report / "predictions_images.parquet")),
-             "patient": model_aucs(pd.read_parquet(args.report / "predictions_patients.parquet"))}
-    print(f"difficulty {ceiling['difficulty']}, prevalence {ceiling['prevalence']}, {ceiling['patients']} patients, "
-          f"seed {ceiling['seed']}; test split")
+    images = pd.read_parquet(args.report / "predictions_images.parquet")
+    patients = pd.read_parquet(args.report / "predictions_patients.parquet")
+    block = beside_ceiling(args.phantom / "truth.parquet", images, patients)
+    if "missing" in block:
+        raise SystemExit(ceiling_lines(block)[0])
+    print(f"difficulty {block['difficulty']}, prevalence {block['prevalence']}; test split: {len(images)} images "
+          f"of {len(patients)} patients")
     print("| level | model per image | ceiling per image | model per patient | ceiling per patient "
-          "| paper Table 5 (per patient) | test images (HNP) | test patients (HNP) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| paper Table 5 (per patient) | test patients with HNP |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for level in LEVELS:
-        cells = [model["image"][level]["auc"], ceiling_auc(ceiling, level, "image"),
-                 model["patient"][level]["auc"], ceiling_auc(ceiling, level, "patient"), PAPER_TABLE5[level][3]]
-        image, patient = model["image"][level], model["patient"][level]
-        print(f"| {level} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells)
-              + f" | {image['n']} ({image['n_pos']}) | {patient['n']} ({patient['n_pos']}) |")
-    means = [sum(model[s][lv]["auc"] for lv in LEVELS) / len(LEVELS) for s in ("image",)]
-    means += [sum(ceiling_auc(ceiling, lv, "image") for lv in LEVELS) / len(LEVELS)]
-    means += [sum(model["patient"][lv]["auc"] for lv in LEVELS) / len(LEVELS)]
-    means += [sum(ceiling_auc(ceiling, lv, "patient") for lv in LEVELS) / len(LEVELS)]
-    means += [sum(PAPER_TABLE5[lv][3] for lv in LEVELS) / len(LEVELS)]
-    print("| mean | " + " | ".join(f"{m:.3f}" for m in means) + " | | |")
+        figures = block["targets"][level]
+        cells = [figures[scope][who] for scope, who in COLUMNS] + [PAPER_TABLE5[level][3]]
+        positives = int(patients[f"label_{level}"].sum())
+        print(f"| {level} | " + " | ".join(auc_text(c) for c in cells) + f" | {positives} |")
+    means = [np.mean([block["targets"][lv][scope][who] for lv in LEVELS]) for scope, who in COLUMNS]
+    means.append(np.mean([PAPER_TABLE5[lv][3] for lv in LEVELS]))
+    print("| mean | " + " | ".join(f"{m:.3f}" for m in means) + " | |")
+    print("\n".join(count_warning(block)))
 
 
 if __name__ == "__main__":

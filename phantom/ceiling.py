@@ -26,6 +26,18 @@ its own; "patient": all of a patient's films together) and per target (LEVELS, t
     from phantom.ceiling import ceiling_auc, read_ceiling
     doc = read_ceiling(Path("demo/phantom/ceiling.json"))
     ceiling_auc(doc, "L4-5", scope="patient", split="test")
+
+`hnp eval --truth <phantom>/truth.parquet` puts a model's test AUC beside the ceiling (`beside_ceiling`): the
+`ceiling` block of metrics.json, a report.md section and console lines. The block is None without --truth, and
+{"missing": "ceiling.json"} where the truth has no ceiling.json beside it; else
+
+    {"file": "ceiling.json", "difficulty": "paper", "prevalence": "paper", "split": "test",
+     "targets": {"L1-2": {"image": {"model": 0.61, "ceiling": 0.74, "n_model": 310, "n_ceiling": 310},
+                          "patient": {...}}, ..., "any": {...}}}
+
+with "model" the AUC of the model's bagged probability per image (`predictions_images`) and per patient (the
+patient mean, `predictions_patients`), "ceiling" the phantom's test-split ceiling of the same scope, and the
+row counts each was computed on (they differ only if some test radiographs were not sharded).
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from hnp.levels import LEVELS
 from phantom.anatomy import Patient, age_fraction, level_probabilities
 from phantom.signs import level_likelihoods
 
+CEILING_FILE = "ceiling.json"
 CEILING_FORMAT = "hnp-phantom-ceiling"
 CEILING_VERSION = 1
 SCOPES: tuple[str, ...] = ("image", "patient")
@@ -161,3 +174,75 @@ def ceiling_auc(document: dict[str, Any], target: str, scope: str = "patient", s
         raise HnpError(f"no ceiling for target {target!r}, scope {scope!r}, split {split!r}: targets are "
                        f"{', '.join(TARGETS)}; scopes {', '.join(SCOPES)}; splits {', '.join(CEILING_SPLITS)}")
     return document["splits"][split][scope][target]["auc"]
+
+
+def ceiling_beside_truth(truth_path: Path) -> Path:
+    """Where `hnp phantom` put the ceiling of the phantom whose truth.parquet is `truth_path`."""
+    return Path(truth_path).parent / CEILING_FILE
+
+
+def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFrame) -> dict[str, Any]:
+    """A model's test AUC per target and scope beside the phantom's ceiling (format: the module docstring).
+
+    Args:
+        truth_path: the phantom's truth.parquet; its ceiling.json is read from the same folder.
+        images: one row per test image with `label_<target>` and `prob_<target>` (`hnp.predictions`).
+        patients: the same per test patient.
+    """
+    path = ceiling_beside_truth(truth_path)
+    if not path.is_file():
+        return {"missing": CEILING_FILE}
+    document = read_ceiling(path)
+    frames = {"image": images, "patient": patients}
+    targets = {}
+    for target in (t for t in TARGETS if f"prob_{t}" in images):  # the "any" task predicts "any" only
+        targets[target] = {}
+        for scope, frame in frames.items():
+            model = target_auc(frame[f"label_{target}"].to_numpy(), frame[f"prob_{target}"].to_numpy())
+            ceiling = document["splits"]["test"][scope][target]
+            targets[target][scope] = {"model": model["auc"], "ceiling": ceiling["auc"], "n_model": model["n"],
+                                      "n_ceiling": ceiling["n"]}
+    return {"file": CEILING_FILE, "difficulty": document.get("difficulty"), "prevalence": document.get("prevalence"),
+            "split": "test", "targets": targets}
+
+
+def _auc_text(auc: float | None) -> str:
+    return "n/a" if auc is None else f"{auc:.3f}"
+
+
+def count_warning(block: dict[str, Any]) -> list[str]:
+    """A line where the model's test rows are not the ceiling's (radiographs not sharded, or another phantom)."""
+    counts = block["targets"]["any"]  # every task reports "any"
+    differ = [f"{s['n_model']} {scope}s scored, the ceiling's {s['n_ceiling']}" for scope, s in counts.items()
+              if s["n_model"] != s["n_ceiling"]]
+    return [f"warning: {'; '.join(differ)}: not the same test set"] if differ else []
+
+
+def ceiling_lines(block: dict[str, Any]) -> list[str]:
+    """Console lines: per target, the model's AUC / the ceiling, per patient and per image."""
+    if "missing" in block:
+        return [f"ceiling: no {block['missing']} beside the truth table, so no ceiling to compare with "
+                "(hnp phantom writes it)"]
+    lines = [f"ceiling of the {block['difficulty']} phantom, test split: AUC model / ceiling"]
+    for target, scopes in block["targets"].items():
+        cells = [f"{scope} {_auc_text(s['model'])} / {_auc_text(s['ceiling'])}" for scope, s in
+                 (("per patient", scopes["patient"]), ("per image", scopes["image"]))]
+        lines.append(f"{target:>6}  " + "   ".join(cells))
+    return lines + count_warning(block)
+
+
+def ceiling_markdown(block: dict[str, Any]) -> str:
+    """The report.md section: the model's test AUC beside the ceiling, per target and scope."""
+    if "missing" in block:
+        return (f"No `{block['missing']}` beside the truth table: no ceiling to compare with (`hnp phantom` writes "
+                "it next to `truth.parquet`).")
+    lines = ["| Target | Model per patient | Ceiling per patient | Model per image | Ceiling per image | Patients |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for target, scopes in block["targets"].items():
+        patient, image = scopes["patient"], scopes["image"]
+        lines.append(f"| {target} | {_auc_text(patient['model'])} | {_auc_text(patient['ceiling'])} | "
+                     f"{_auc_text(image['model'])} | {_auc_text(image['ceiling'])} | {patient['n_model']} |")
+    warning = "".join(f"\n\n**{line}**" for line in count_warning(block))
+    return (f"The best ROC AUC any model could reach on this `{block['difficulty']}` phantom's test split (the "
+            "generator's own posterior: `docs/phantom.md`), beside the model's. Per patient: all of a patient's "
+            "films together (the model: the mean of its image probabilities).\n\n" + "\n".join(lines) + warning)

@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the data set and log what was written (counts only: no patient identifiers)."""
     from hnp.levels import LEVEL_COLUMNS, LEVELS
-    from phantom.ceiling import ceiling_auc, read_ceiling
-    from phantom.generate import CEILING_FILE, PhantomConfig, generate, parse_size
+    from phantom.ceiling import CEILING_FILE, ceiling_auc, read_ceiling
+    from phantom.generate import PhantomConfig, generate, parse_size
 
     config = PhantomConfig(out=args.out, patients=args.patients, seed=args.seed, size=parse_size(args.size),
                            prevalence=args.prevalence, difficulty=args.difficulty, test_fraction=args.test_fraction,

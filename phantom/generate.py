@@ -30,7 +30,7 @@ from hnp.files import atomic_write
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from phantom.anatomy import base_prevalence, sample_patient
-from phantom.ceiling import ceiling_document, posterior, write_ceiling
+from phantom.ceiling import CEILING_FILE, ceiling_document, posterior, write_ceiling
 from phantom.render import encode_jpeg, render_view
 from phantom.signs import difficulty_preset
 from phantom.truth import ImageTruth, PatientTruth, image_table, patient_table, sign_table, write_truth_tables
@@ -41,7 +41,6 @@ TRAIN_PERIOD = (dt.date(2010, 1, 1), dt.date(2020, 2, 29))
 TEST_PERIOD = (dt.date(2020, 3, 1), dt.date(2021, 2, 28))
 IMAGES_DIR = "images"
 CHUNKS_PER_WORKER = 4  # enough chunks to balance the workers, few enough to keep per-task overhead small
-CEILING_FILE = "ceiling.json"
 
 
 @dataclass

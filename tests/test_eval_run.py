@@ -21,6 +21,7 @@ from hnp.config import load_config
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.predictions import label_column, pred_column, prob_column
+from phantom.ceiling import ceiling_auc, read_ceiling
 
 CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
                   "report.md", "roc.png", "gradcam/index.csv")
@@ -103,6 +104,20 @@ def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -
     raw_ids = pd.read_parquet(world["phantom"] / "manifest.parquet")["patient_id"].unique()
     blob = b"".join(path.read_bytes() for path in report.rglob("*") if path.is_file() and path.suffix != ".npy")
     assert not [pid for pid in raw_ids if pid.encode() in blob]
+
+
+def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: Path, world: dict[str, Path]) -> None:
+    metrics = json.loads((report / "metrics.json").read_text())
+    ceiling = read_ceiling(world["phantom"] / "ceiling.json")
+    block = metrics["ceiling"]
+    assert list(block["targets"]) == [*LEVELS, "any"]
+    for target, scopes in block["targets"].items():
+        for scope in ("image", "patient"):
+            assert scopes[scope]["ceiling"] == ceiling_auc(ceiling, target, scope, "test"), (target, scope)
+            assert scopes[scope]["n_model"] == scopes[scope]["n_ceiling"], (target, scope)
+        per_patient = metrics["metrics"][target]["roc_auc"]
+        assert scopes["patient"]["model"] == (None if per_patient is None else pytest.approx(per_patient)), target
+    assert "## Phantom ceiling" in (report / "report.md").read_text()
 
 
 def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
