@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the folds (default: 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the phantom and the shards (default: all cores)")
+    parser.add_argument("--difficulty", default="easy",
+                        help="the phantom's preset, easy or paper (`hnp phantom --help`; default: %(default)s)")
     parser.add_argument("--config", default="tiny", help="training config, a name or a YAML file (default: tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config value (repeatable)")
@@ -81,7 +83,8 @@ def demo_stages(args: argparse.Namespace, paths: DemoPaths) -> list[tuple[str, l
     stages = []
     if not paths.manifest.is_file():  # a rerun keeps the phantom it made before
         stages.append(("phantom", ["phantom", "--out", str(paths.phantom), "--patients", str(args.patients),
-                                   "--seed", str(args.seed), "--prevalence", "balanced", "--workers", workers]))
+                                   "--seed", str(args.seed), "--difficulty", args.difficulty, "--prevalence",
+                                   "balanced", "--workers", workers]))
     stages += [
         ("validate", ["validate", str(paths.manifest), "--workers", workers]),
         ("shard", ["shard", "--manifest", str(paths.manifest), "--out", str(paths.shards), "--seed", str(args.seed),
