@@ -120,6 +120,13 @@ def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: P
     assert "## Phantom ceiling" in (report / "report.md").read_text()
 
 
+def test_a_truth_table_of_the_old_spelling_is_refused_by_name(tmp_path: Path) -> None:
+    old = pd.DataFrame({"view": ["AP"], "height": [128], "width": [100], "L1_2_x": [50.0], "L1_2_y": [20.0]})
+    old.to_parquet(tmp_path / "truth.parquet")
+    with pytest.raises(HnpError, match=r"truth.parquet: not a phantom truth table \(missing row, L1-2_x, L1-2_y"):
+        read_truth(tmp_path / "truth.parquet")
+
+
 def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
     truth = read_truth(world["truth"]).iloc[0]
     for level in LEVELS:
