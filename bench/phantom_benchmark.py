@@ -23,6 +23,7 @@ import pandas as pd
 
 from eval.report import PAPER_TABLE5
 from hnp.levels import LEVELS
+from hnp.predictions import label_column
 from phantom.ceiling import beside_ceiling, ceiling_lines, count_warning
 
 COLUMNS = (("image", "model"), ("image", "ceiling"), ("patient", "model"), ("patient", "ceiling"))
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> None:
     for level in LEVELS:
         figures = block["targets"][level]
         cells = [figures[scope][who] for scope, who in COLUMNS] + [PAPER_TABLE5[level][3]]
-        positives = int(patients[f"label_{level}"].sum())
+        positives = int(patients[label_column(level)].sum())
         print(f"| {level} | " + " | ".join(auc_text(c) for c in cells) + f" | {positives} |")
     means = [mean_auc([block["targets"][lv][scope][who] for lv in LEVELS]) for scope, who in COLUMNS]
     means.append(mean_auc([PAPER_TABLE5[lv][3] for lv in LEVELS]))

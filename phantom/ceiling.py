@@ -54,6 +54,7 @@ from sklearn.metrics import roc_auc_score
 from hnp.errors import HnpError
 from hnp.files import atomic_write_text
 from hnp.levels import LEVELS
+from hnp.predictions import label_column, prob_column
 from phantom.anatomy import Patient, age_fraction, level_probabilities
 from phantom.signs import level_likelihoods
 
@@ -186,7 +187,7 @@ def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFram
 
     Args:
         truth_path: the phantom's truth.parquet; its ceiling.json is read from the same folder.
-        images: one row per test image with `label_<target>` and `prob_<target>` (`hnp.predictions`).
+        images: one row per test image with `label_<target>` and `prob_<target>` (`hnp.predictions`'s columns).
         patients: the same per test patient.
     """
     path = ceiling_beside_truth(truth_path)
@@ -195,10 +196,10 @@ def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFram
     document = read_ceiling(path)
     frames = {"image": images, "patient": patients}
     targets = {}
-    for target in (t for t in TARGETS if f"prob_{t}" in images):  # the "any" task predicts "any" only
+    for target in (t for t in TARGETS if prob_column(t) in images):  # the "any" task predicts "any" only
         targets[target] = {}
         for scope, frame in frames.items():
-            model = target_auc(frame[f"label_{target}"].to_numpy(), frame[f"prob_{target}"].to_numpy())
+            model = target_auc(frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy())
             ceiling = document["splits"]["test"][scope][target]
             targets[target][scope] = {"model": model["auc"], "ceiling": ceiling["auc"], "n_model": model["n"],
                                       "n_ceiling": ceiling["n"]}
