@@ -121,7 +121,7 @@ def summary(paths: DemoPaths, timings: list[tuple[str, float]]) -> str:
     # A level whose test patients are all positive or all negative has no AUC (tiny demos only).
     lines += [f"| {level} | {_format_auc(auc)} |" for level, auc in aucs.items()]
     lines += [f"| mean | {_format_auc(sum(known) / len(known) if known else None)} |", ""]
-    opens = [(paths.report / "report.md", "the paper's tables beside ours, and the Grad-CAM pointing game"),
+    opens = [(paths.report / "report.md", "the paper's tables beside ours, the phantom's ceiling, the pointing game"),
              (paths.report / "roc.png", "ROC curve per level"),
              (paths.report / "gradcam", "Grad-CAM overlays (index.csv lists them)"),
              (paths.run, "checkpoints and history.csv per fold"),
