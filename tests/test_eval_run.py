@@ -79,6 +79,7 @@ def test_patients_are_image_means_and_decisions_follow_thresholds(report: Path) 
         assert threshold == pytest.approx(np.mean(given) if given else 0.5)
         assert (patients[pred_column(name)] == (patients[prob_column(name)] >= threshold)).all()
         assert metrics["metrics"][name]["n_pos"] == patients[label_column(name)].sum()
+        assert type(metrics["metrics"][name]["n_pos"]) is int and type(metrics["metrics"][name]["n"]) is int
     csv = pd.read_csv(report / "metrics.csv", index_col="target")
     assert csv.loc["L5-S1", "roc_auc"] == pytest.approx(metrics["metrics"]["L5-S1"]["roc_auc"], rel=1e-5)
 
