@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradcam-layer", metavar="NAME",
                         help="module name of the Grad-CAM layer (default: the last convolution layer)")
     parser.add_argument("--truth", type=Path, metavar="FILE",
-                        help="the phantom's truth.parquet: adds the Grad-CAM pointing game to the report")
+                        help="the phantom's truth.parquet: adds the Grad-CAM pointing game and the phantom's ceiling "
+                        "(ceiling.json beside it) to the report")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="patient bootstrap resamples for the ROC AUC interval (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -74,5 +75,9 @@ def run(args: argparse.Namespace) -> int:
     result = run_eval(options)
     for name, row in result["metrics"].items():
         print(f"{name:>6}  AUC {row['roc_auc']:.3f}  F1 {row['f1']:.3f}  threshold {row['threshold']:.3f}")
+    if result["ceiling"] is not None:
+        from phantom.ceiling import ceiling_lines
+
+        print("\n".join(ceiling_lines(result["ceiling"])))
     print(f"report: {options.out / 'report.md'} (in a browser: {options.out / 'report.html'})")
     return 0

@@ -1,10 +1,11 @@
 """The pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016) on phantom data:
 does the Grad-CAM peak of a correctly detected herniation fall on the herniated level?
 
-Ground truth is the phantom's `truth.parquet` (`hnp phantom`): per image, each level's disc centre `<c>_x`,
-`<c>_y`, `<c>_half_width`, `<c>_half_height` and `<c>_angle` in the pixels of the written radiograph (`height`
-x `width`). Its rows are in manifest row order, from which shard keys are made (`hnp.shard_format.sample_key`);
-the views of the shard samples are checked against the truth's to catch a truth file of another data set.
+Ground truth is the phantom's `truth.parquet` (`hnp phantom`, format in docs/phantom.md): per image, each
+level's disc centre `<level>_x`, `<level>_y`, `<level>_half_width`, `<level>_half_height` and `<level>_angle`
+(levels spelled as LEVELS: `L4-5_x`) in the pixels of the written radiograph (`height` x `width`), and its
+manifest `row`, from which shard keys are made (`hnp.shard_format.sample_key`); the views of the shard samples
+are checked against the truth's to catch a truth file of another data set.
 
 Counted images: the Grad-CAM top images (`gradcam/index.csv`) that are true positives at their level (label 1
 and bagged image probability >= the level's threshold).
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.levels import LEVELS
 from hnp.shard_format import sample_key
 
 _FIELDS = ("x", "y", "half_width", "half_height", "angle")
@@ -38,31 +39,31 @@ def read_truth(path: Path) -> pd.DataFrame:
         truth = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for foreign files
         raise HnpError(f"{path}: not a readable Parquet file: {err}") from err
-    needed = ["view", "height", "width", *(f"{c}_{f}" for c in LEVEL_COLUMNS for f in _FIELDS)]
+    needed = ["row", "view", "height", "width", *(f"{level}_{f}" for level in LEVELS for f in _FIELDS)]
     missing = [column for column in needed if column not in truth]
     if missing:
         raise HnpError(f"{path}: not a phantom truth table (missing {', '.join(missing[:4])}); "
                        "it is written by hnp phantom")
-    return truth.assign(key=[sample_key(row) for row in range(len(truth))])
+    return truth.assign(key=[sample_key(int(row)) for row in truth["row"]])
 
 
-def level_boxes(truth_row: pd.Series, column: str, scale: float) -> dict[str, Any]:
+def level_boxes(truth_row: pd.Series, level: str, scale: float) -> dict[str, Any]:
     """A level's disc centre, axes and region half-extents, in the heatmap's pixels.
 
     Args:
         truth_row: one image's truth.
-        column: the level's column name, e.g. "L4_5".
+        level: the level, e.g. "L4-5".
         scale: heatmap size / truth image size (1 unless the shards were downscaled, which keeps the aspect).
     """
-    centres = {c: np.array([truth_row[f"{c}_x"], truth_row[f"{c}_y"]]) * scale for c in LEVEL_COLUMNS}
-    gaps = [np.linalg.norm(centres[column] - centres[other]) for other in LEVEL_COLUMNS if other != column]
-    angle = np.radians(truth_row[f"{column}_angle"])
+    centres = {lv: np.array([truth_row[f"{lv}_x"], truth_row[f"{lv}_y"]]) * scale for lv in LEVELS}
+    gaps = [np.linalg.norm(centres[level] - centres[other]) for other in LEVELS if other != level]
+    angle = np.radians(truth_row[f"{level}_angle"])
     return {
-        "centre": centres[column],
+        "centre": centres[level],
         "across": np.array([np.cos(angle), np.sin(angle)]),
         "along": np.array([-np.sin(angle), np.cos(angle)]),
-        "half_width": truth_row[f"{column}_half_width"] * scale,
-        "disc_half_height": truth_row[f"{column}_half_height"] * scale,
+        "half_width": truth_row[f"{level}_half_width"] * scale,
+        "disc_half_height": truth_row[f"{level}_half_height"] * scale,
         "level_half_height": min(gaps) / 2.0,
     }
 
@@ -89,11 +90,10 @@ def pointing_game(index: pd.DataFrame, images: pd.DataFrame, thresholds: dict[st
         overall and per-level counts, hit rates (level region, disc) and chance rates.
     """
     truth = read_truth(truth_path).set_index("key")
-    levels = dict(zip(LEVELS, LEVEL_COLUMNS, strict=True))
-    counted = index[index["level"].isin(levels) & (index["label"] == 1)]
+    counted = index[index["level"].isin(LEVELS) & (index["label"] == 1)]
     counted = counted[counted["probability"] >= counted["level"].map(thresholds)]
     _check_same_data(counted["key"], images, truth, truth_path)
-    rows = [_score(row, truth.loc[row.key], levels[row.level], gradcam_dir) for row in counted.itertuples()]
+    rows = [_score(row, truth.loc[row.key], gradcam_dir) for row in counted.itertuples()]
     scored = pd.DataFrame(rows, columns=["level", "hit", "disc_hit", "spine_hit", "chance", "disc_chance"])
     return _summarise(scored)
 
@@ -110,15 +110,15 @@ def _check_same_data(keys: pd.Series, images: pd.DataFrame, truth: pd.DataFrame,
                        f"{truth.loc[key, 'view']} in the truth: is it the phantom these shards came from?")
 
 
-def _score(row: Any, truth_row: pd.Series, column: str, gradcam_dir: Path) -> dict[str, Any]:
+def _score(row: Any, truth_row: pd.Series, gradcam_dir: Path) -> dict[str, Any]:
     heat = np.load(gradcam_dir / row.heatmap)
     height, width = heat.shape
     scale_x, scale_y = width / truth_row["width"], height / truth_row["height"]
     if abs(scale_x / scale_y - 1.0) > 0.02:
         raise HnpError(f"sample {row.key}: heatmap {width}x{height} does not keep the aspect of the truth image "
                        f"{truth_row['width']}x{truth_row['height']}: is it the phantom these shards came from?")
-    boxes = {c: level_boxes(truth_row, c, (scale_x + scale_y) / 2.0) for c in LEVEL_COLUMNS}
-    box = boxes[column]
+    boxes = {level: level_boxes(truth_row, level, (scale_x + scale_y) / 2.0) for level in LEVELS}
+    box = boxes[row.level]
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = np.array([peak_x, peak_y], dtype=float)
     area = float(height * width)

@@ -43,7 +43,9 @@ def write_metrics(table: pd.DataFrame, out_dir: Path, meta: Mapping[str, Any]) -
         meta: run-level facts stored beside the metrics (task, threshold rule, counts, bootstrap settings).
     """
     table.to_csv(out_dir / "metrics.csv", index_label="target", float_format="%.6g")
-    per_target = {name: {key: _json_number(row[key]) for key in table.columns} for name, row in table.iterrows()}
+    # to_dict keeps each column's type (iterrows would make the counts floats)
+    per_target = {name: {key: _json_number(value) for key, value in row.items()}
+                  for name, row in table.to_dict(orient="index").items()}
     document = _json_safe({**meta, "metrics": per_target})
     atomic_write_text(out_dir / "metrics.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
 

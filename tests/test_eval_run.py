@@ -19,8 +19,9 @@ from eval.pointing import inside, level_boxes, pointing_game, pointing_markdown,
 from hnp.cli import main
 from hnp.config import load_config
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.levels import LEVELS
 from hnp.predictions import label_column, pred_column, prob_column
+from phantom.ceiling import ceiling_auc, read_ceiling
 
 CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
                   "report.md", "roc.png", "gradcam/index.csv")
@@ -78,6 +79,7 @@ def test_patients_are_image_means_and_decisions_follow_thresholds(report: Path) 
         assert threshold == pytest.approx(np.mean(given) if given else 0.5)
         assert (patients[pred_column(name)] == (patients[prob_column(name)] >= threshold)).all()
         assert metrics["metrics"][name]["n_pos"] == patients[label_column(name)].sum()
+        assert type(metrics["metrics"][name]["n_pos"]) is int and type(metrics["metrics"][name]["n"]) is int
     csv = pd.read_csv(report / "metrics.csv", index_col="target")
     assert csv.loc["L5-S1", "roc_auc"] == pytest.approx(metrics["metrics"]["L5-S1"]["roc_auc"], rel=1e-5)
 
@@ -105,12 +107,33 @@ def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -
     assert not [pid for pid in raw_ids if pid.encode() in blob]
 
 
+def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: Path, world: dict[str, Path]) -> None:
+    metrics = json.loads((report / "metrics.json").read_text())
+    ceiling = read_ceiling(world["phantom"] / "ceiling.json")
+    block = metrics["ceiling"]
+    assert list(block["targets"]) == [*LEVELS, "any"]
+    for target, scopes in block["targets"].items():
+        for scope in ("image", "patient"):
+            assert scopes[scope]["ceiling"] == ceiling_auc(ceiling, target, scope, "test"), (target, scope)
+            assert scopes[scope]["n_model"] == scopes[scope]["n_ceiling"], (target, scope)
+        per_patient = metrics["metrics"][target]["roc_auc"]
+        assert scopes["patient"]["model"] == (None if per_patient is None else pytest.approx(per_patient)), target
+    assert "## Phantom ceiling" in (report / "report.md").read_text()
+
+
+def test_a_truth_table_of_the_old_spelling_is_refused_by_name(tmp_path: Path) -> None:
+    old = pd.DataFrame({"view": ["AP"], "height": [128], "width": [100], "L1_2_x": [50.0], "L1_2_y": [20.0]})
+    old.to_parquet(tmp_path / "truth.parquet")
+    with pytest.raises(HnpError, match=r"truth.parquet: not a phantom truth table \(missing row, L1-2_x, L1-2_y"):
+        read_truth(tmp_path / "truth.parquet")
+
+
 def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
     truth = read_truth(world["truth"]).iloc[0]
-    for c in LEVEL_COLUMNS:
-        box = level_boxes(truth, c, 1.0)
+    for level in LEVELS:
+        box = level_boxes(truth, level, 1.0)
         assert inside(box["centre"], box, "disc_half_height")
-        others = [level_boxes(truth, o, 1.0) for o in LEVEL_COLUMNS if o != c]
+        others = [level_boxes(truth, o, 1.0) for o in LEVELS if o != level]
         assert not any(inside(box["centre"], other, "level_half_height") for other in others)
 
 
@@ -121,13 +144,14 @@ def test_pointing_game_scores_planted_peaks(world: dict[str, Path], tmp_path: Pa
     the spine. Heatmaps at half the truth resolution check the scaling to downscaled shards."""
     truth = read_truth(world["truth"]).head(8)
     rows = []
-    for i, t in enumerate(truth.itertuples()):
+    for i, (_, t) in enumerate(truth.iterrows()):
         level = i % 4
-        heat = np.zeros((t.height // 2, t.width // 2), np.float32)
-        column = LEVEL_COLUMNS[level + shift]
-        heat[int(getattr(t, f"{column}_y") / 2), int(getattr(t, f"{column}_x") / 2)] = 1.0
-        np.save(tmp_path / f"{t.key}.npy", heat)
-        rows.append({"key": t.key, "level": LEVELS[level], "probability": 0.9, "label": 1, "heatmap": f"{t.key}.npy"})
+        heat = np.zeros((t["height"] // 2, t["width"] // 2), np.float32)
+        peak_level = LEVELS[level + shift]
+        heat[int(t[f"{peak_level}_y"] / 2), int(t[f"{peak_level}_x"] / 2)] = 1.0
+        np.save(tmp_path / f"{t['key']}.npy", heat)
+        rows.append({"key": t["key"], "level": LEVELS[level], "probability": 0.9, "label": 1,
+                     "heatmap": f"{t['key']}.npy"})
     rows.append({**rows[0], "label": 0})  # not a true positive: not counted
     images = truth[["key", "view"]]
     result = pointing_game(pd.DataFrame(rows), images, dict.fromkeys(LEVELS, 0.5), world["truth"], tmp_path)

@@ -241,7 +241,8 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     # dead controller's placement group would never be cleaned up. On this machine only, with token auth.
     # address="local": a new Ray of our own, never one another program left running on this machine.
     _ray_init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-              num_cpus=max(os.cpu_count() or 1, wanted), runtime_env={"env_vars": {"PYTHONPATH": python_path}}, namespace=RAY_NAMESPACE)
+              num_cpus=max(os.cpu_count() or 1, wanted), runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+              namespace=RAY_NAMESPACE)
     return True
 
 
