@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from eval import bagging, report
 from eval.clinical import ClinicalOptions, clinical_evaluation
-from eval.fusion_eval import STUDIES_TABLE, read_study_meta
+from eval.fusion_eval import FILMS_TABLE, STUDIES_TABLE, film_weights, read_study_meta, weights_markdown
 from eval.gradcam import GradCAM, export_gradcam, select_top
 from eval.html_report import write_html_report
 from eval.metrics import metrics_table
@@ -325,6 +325,10 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     patients, table = clinical.patients, table.join(clinical.columns)
 
     images.to_parquet(options.out / ("predictions_images.parquet" if fusion == "none" else STUDIES_TABLE), index=False)
+    films = None
+    if fusion != "none":
+        films = film_weights(folds, eval_loader(data, options.shards, fusion, device), device, eval_amp(folds, device))
+        films.to_parquet(options.out / FILMS_TABLE, index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
     ceiling = phantom_ceiling(options.truth, images, patients)
     meta_json = {
@@ -350,6 +354,8 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         pointing = pointing_game(gradcam_index, images, thresholds, options.truth, options.out / "gradcam")
     sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images),
                                clinical.sections, ceiling)
+    if films is not None:
+        sections["Film weights per view (fusion)"] = weights_markdown(films)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
     write_html_report(options.out)
     if options.wandb:

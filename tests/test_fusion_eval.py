@@ -12,7 +12,7 @@ import torch
 from support.runs import build_run, tiny_config
 from support.studies import build_study_shards
 
-from eval.fusion_eval import STUDIES_TABLE
+from eval.fusion_eval import FILMS_TABLE, STUDIES_TABLE
 from eval.predict import predict_patient
 from eval.samples import read_sample_meta
 from hnp.cli import main
@@ -90,3 +90,19 @@ def test_predict_fuses_one_patients_films_as_eval_does(world: dict[str, Path], t
     assert len(result["film_weights"]) == len(paths) and sum(result["film_weights"]) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(HnpError, match="--views: a fusion run .attention. needs the view of each image, 7 given"):
         predict_patient(world["run"], paths, views=views[:-1], device="cpu")
+
+
+def test_each_test_film_has_its_pooling_weight_in_the_report(world: dict[str, Path], tmp_path: Path) -> None:
+    films = pd.read_parquet(world["report"] / FILMS_TABLE)
+    index = read_dataset(world["shards"]).split_studies(["test"])
+    assert sorted(films["film"]) == sorted(film for study in index for film in study.films)  # every film once
+    sums = films.groupby("key")["weight"].sum()
+    assert sums.to_numpy() == pytest.approx(1.0, abs=1e-5)
+    study = max(read_studies(world["shards"], ["test"]), key=lambda s: len(s.films))
+    paths = []
+    for film in study.films:
+        paths.append(tmp_path / f"{film.key}.jpg")
+        paths[-1].write_bytes(film.read("jpg"))
+    result = predict_patient(world["run"], paths, views=[VIEWS[v] for v in study.views], device="cpu")
+    assert films.set_index("key").loc[study.key, "weight"].tolist() == pytest.approx(result["film_weights"], abs=1e-5)
+    assert "## Film weights per view (fusion)" in (world["report"] / "report.md").read_text()
