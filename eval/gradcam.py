@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from hnp.errors import HnpError
@@ -140,24 +141,6 @@ def _named_layers(model: torch.nn.Module, names: Sequence[str]) -> dict[str, tor
     return {name: modules[name] for name in names}
 
 
-class LevelTarget:
-    """What a map explains: one output's logit or, with `others`, that logit minus the mean of the others' (a
-    contrastive target: evidence all levels share, such as the patient's age, cancels; what sets this level apart
-    remains).
-
-    Args:
-        output: the output index.
-        others: the outputs to contrast with (empty: the plain logit).
-    """
-
-    def __init__(self, output: int, others: Sequence[int] = ()) -> None:
-        self.output, self.others = output, [other for other in others if other != output]
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        score = logits[..., self.output]
-        return score - logits[..., self.others].mean(dim=-1) if self.others else score
-
-
 class ClassActivationMap:
     """One model's maps by one method at one or more layers, for a batch and one output index per image.
 
@@ -169,20 +152,17 @@ class ClassActivationMap:
         model: a classifier returning logits (B, outputs).
         method: a key of METHODS.
         layers: module names (`resolve_layers`).
-        contrast: the outputs each target is contrasted with (`LevelTarget`); empty = the plain logit.
     """
 
-    def __init__(self, model: torch.nn.Module, method: str, layers: Sequence[str],
-                 contrast: Sequence[int] = ()) -> None:
+    def __init__(self, model: torch.nn.Module, method: str, layers: Sequence[str]) -> None:
         if method not in METHODS:
             raise HnpError(f"class activation map: unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        self.model, self.method, self.layers, self.contrast = model.eval(), method, tuple(layers), tuple(contrast)
+        self.model, self.method, self.layers = model.eval(), method, tuple(layers)
         self._modules = list(_named_layers(model, self.layers).values())
 
     def describe(self) -> str:
         """E.g. "layercam at blocks.2", as the report names it."""
-        target = ", level logit minus the other levels' mean" if self.contrast else ""
-        return f"{self.method} at {', '.join(self.layers)}{target}"
+        return f"{self.method} at {', '.join(self.layers)}"
 
     def __call__(self, images: torch.Tensor, target: int | Sequence[int]) -> torch.Tensor:
         """Heatmaps (B, H, W) on the CPU at the input's resolution, each scaled to [0, 1].
@@ -197,7 +177,7 @@ class ClassActivationMap:
         cam = METHODS[self.method](self.model, self._modules)
         try:
             with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
-                maps = cam(images, [LevelTarget(output, self.contrast) for output in outputs])
+                maps = cam(images, [ClassifierOutputTarget(output) for output in outputs])
         finally:
             cam.activations_and_grads.release()  # its hooks would otherwise stay on the model
             self.model.zero_grad(set_to_none=True)
