@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deletion and randomization checks of the maps on the N most confident images per "
                              "level; 0 = none (default: %(default)s)")
     parser.add_argument("--truth", type=Path, metavar="FILE",
-                        help="the phantom's truth.parquet: adds the pointing games and per-level figures")
+                        help="the phantom's truth.parquet: adds the pointing games, per-level figures and the "
+                        "phantom's ceiling (ceiling.json beside it) to the report")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="patient bootstrap resamples for the ROC AUC interval (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -82,5 +83,9 @@ def run(args: argparse.Namespace) -> int:
     result = run_eval(options)
     for name, row in result["metrics"].items():
         print(f"{name:>6}  AUC {row['roc_auc']:.3f}  F1 {row['f1']:.3f}  threshold {row['threshold']:.3f}")
+    if result["ceiling"] is not None:
+        from phantom.ceiling import ceiling_lines
+
+        print("\n".join(ceiling_lines(result["ceiling"])))
     print(f"report: {options.out / 'report.md'} (in a browser: {options.out / 'report.html'})")
     return 0

@@ -289,12 +289,13 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
     images.to_parquet(options.out / "predictions_images.parquet", index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
+    ceiling = phantom_ceiling(options.truth, images, patients)
     meta_json = {
         "run": options.run.name, "task": task, "folds": [f.fold for f in folds], "threshold_rule": options.threshold,
         "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
         "unit": "patient", "n_images": len(images), "n_patients": len(patients),
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
-        **clinical.document,
+        **clinical.document, "ceiling": ceiling,
     }
     report.write_metrics(table, options.out, meta_json)
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
@@ -302,7 +303,8 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     explained = None
     if options.gradcam_top > 0:
         explained = explain_test_set(folds, images, tars, data, thresholds, explain_options(options))
-    sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections)
+    sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections,
+                               ceiling)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
     write_html_report(options.out)
     if options.wandb:
@@ -314,8 +316,10 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
                     folds: Sequence[FoldCheckpoint], options: EvalOptions, explained: Explanations | None,
-                    n_images: int, clinical_sections: dict[str, str]) -> dict[str, str]:
-    """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's."""
+                    n_images: int, clinical_sections: dict[str, str],
+                    ceiling: dict[str, Any] | None = None) -> dict[str, str]:
+    """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's, the phantom's
+    ceiling (`phantom_ceiling`) follows them."""
     task = folds[0].config.model.task
     n_patients = int(table["n"].iloc[0])
     sections = {
@@ -329,6 +333,10 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
         ),
         **clinical_sections,
     }
+    if ceiling is not None:
+        from phantom.ceiling import ceiling_markdown
+
+        sections["Phantom ceiling"] = ceiling_markdown(ceiling)
     if oof is not None:
         thresholds = {f.fold: t for f, t in zip(folds, per_fold, strict=True)}
         sections[report.cv_heading(task)] = (
@@ -338,6 +346,19 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
     if explained is not None:
         sections.update(explanation_sections(explained))
     return sections
+
+
+def phantom_ceiling(truth: Path | None, images: pd.DataFrame, patients: pd.DataFrame) -> dict[str, Any] | None:
+    """With --truth, the model's test AUC beside the phantom's ceiling (`phantom.ceiling.beside_ceiling`)."""
+    if truth is None:
+        return None
+    from phantom.ceiling import beside_ceiling
+
+    ceiling = beside_ceiling(truth, images, patients)
+    if "missing" in ceiling:
+        log.warning("%s: no %s beside it, so the report has no phantom ceiling", truth, ceiling["missing"])
+    return ceiling
+
 
 
 def log_metrics_to_wandb(cfg: Any, table: pd.DataFrame, out: Path) -> None:

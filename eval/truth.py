@@ -2,11 +2,12 @@
 whether the level's sign can be seen in that image.
 
 The metrics (`eval.pointing`) only ask an `ExplanationTruth` for `levels(key)`; `PhantomTruth` answers from the
-phantom's `truth.parquet` (`hnp phantom`): per image, each disc's centre `<c>_x`, `<c>_y`, `<c>_half_width`,
-`<c>_half_height` and `<c>_angle` in the pixels of the written radiograph (`height` x `width`), rows in manifest
-row order (keys: `hnp.shard_format.sample_key`). That phantom narrows every herniated disc in every view, so a sign
-is visible exactly where the image's label is positive; a truth table that records visibility per image and level
-plugs in by reading it in `PhantomTruth._visible`.
+phantom's truth tables (`hnp phantom`, read through `phantom.truth.read_truth_table`): `truth.parquet` gives per
+image each disc's centre `<level>_x`, `<level>_y`, `<level>_half_width`, `<level>_half_height` and `<level>_angle`
+in the pixels of the written radiograph (`height` x `width`) and its manifest `row` (keys:
+`hnp.shard_format.sample_key`); `truth_signs.parquet` beside it says, per image, level and sign, whether that film
+shows the sign. A level's sign counts as visible in an image where the film shows any of the level's signs (on the
+`paper` preset, e.g., narrowing on a lateral film but not on an AP one; on `easy`, every herniation in every view).
 
 Regions are rotated boxes in image pixels. A level's region is centred on its disc, as wide as the disc and
 reaching half-way to the nearest other disc centre along the spine: the five regions tile the lumbar spine without
@@ -24,11 +25,10 @@ import numpy as np
 import pandas as pd
 
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS, LEVELS
-from hnp.predictions import KEY, VIEW, label_column
+from hnp.levels import LEVELS
+from hnp.predictions import KEY, VIEW
 from hnp.shard_format import sample_key
-
-_FIELDS = ("x", "y", "half_width", "half_height", "angle")
+from phantom.truth import TRUTH_FILES, read_truth_table
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,11 @@ class ExplanationTruth(Protocol):
 
 
 class PhantomTruth:
-    """`ExplanationTruth` from the phantom's truth.parquet, checked against the shard samples it explains.
+    """`ExplanationTruth` from the phantom's truth tables, checked against the shard samples it explains.
 
     Args:
-        path: the truth.parquet.
-        images: the samples (key, view, label_<level>), e.g. predictions_images; their views must match the truth's,
+        path: the truth.parquet; the truth_signs.parquet beside it gives what each film shows.
+        images: the samples (key, view), e.g. predictions_images; their views must match the truth's,
             which catches a truth file of another phantom.
     """
 
@@ -108,6 +108,7 @@ class PhantomTruth:
         self.table = read_truth(path).set_index(KEY)
         self.images = images.set_index(KEY)
         _check_same_data(self.images, self.table, path)
+        self.shown = visible_levels(path.parent / TRUTH_FILES["signs"])
 
     def image_size(self, key: str) -> tuple[int, int]:
         row = self.table.loc[key]
@@ -115,33 +116,38 @@ class PhantomTruth:
 
     def levels(self, key: str) -> dict[str, LevelTruth]:
         row = self.table.loc[key]
-        discs = {level: _disc(row, column) for level, column in zip(LEVELS, LEVEL_COLUMNS, strict=True)}
+        discs = {level: _disc(row, level) for level in LEVELS}
         return {level: LevelTruth(region=_level_region(disc, [d for other, d in discs.items() if other != level]),
-                                  disc=disc, visible=self._visible(key, level))
+                                  disc=disc, visible=(key, level) in self.shown)
                 for level, disc in discs.items()}
-
-    def _visible(self, key: str, level: str) -> bool:
-        # This phantom narrows a herniated disc in every view: the sign shows wherever the label is positive.
-        return bool(self.images.loc[key, label_column(level)] == 1)
 
 
 def read_truth(path: Path) -> pd.DataFrame:
-    """The phantom's truth table with a `key` column (shard key of the manifest row), checked for its columns."""
-    try:
-        truth = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for foreign files
-        raise HnpError(f"{path}: not a readable Parquet file: {err}") from err
-    needed = ["view", "height", "width", *(f"{c}_{f}" for c in LEVEL_COLUMNS for f in _FIELDS)]
-    missing = [column for column in needed if column not in truth]
-    if missing:
-        raise HnpError(f"{path}: not a phantom truth table (missing {', '.join(missing[:4])}); "
-                       "it is written by hnp phantom")
-    return truth.assign(key=[sample_key(row) for row in range(len(truth))])
+    """The phantom's per-image truth table with a `key` column (the shard key of its manifest `row`)."""
+    truth = read_truth_table(path, "images")
+    return truth.assign(key=[sample_key(int(row)) for row in truth["row"]])
 
 
-def _disc(row: pd.Series, column: str) -> Region:
-    return Region((float(row[f"{column}_x"]), float(row[f"{column}_y"])), float(row[f"{column}_angle"]),
-                  float(row[f"{column}_half_width"]), float(row[f"{column}_half_height"]))
+def visible_levels(path: Path) -> frozenset[tuple[str, str]]:
+    """(key, level) of every image and level where the phantom's truth_signs.parquet marks some sign visible.
+
+    Args:
+        path: the truth_signs.parquet.
+    """
+    if not path.is_file():
+        raise HnpError(f"{path}: no such file; the pointing games count only the levels whose sign a film shows, "
+                       "and hnp phantom writes them there, beside truth.parquet")
+    signs = read_truth_table(path, "signs")
+    unknown = sorted(set(signs["level"]) - set(LEVELS))
+    if unknown:
+        raise HnpError(f"{path}: level {unknown[0]!r} is none of {', '.join(LEVELS)}")
+    shown = signs.loc[signs["visible"].astype(bool), ["row", "level"]].drop_duplicates()
+    return frozenset((sample_key(int(row)), str(level)) for row, level in shown.itertuples(index=False))
+
+
+def _disc(row: pd.Series, level: str) -> Region:
+    return Region((float(row[f"{level}_x"]), float(row[f"{level}_y"])), float(row[f"{level}_angle"]),
+                  float(row[f"{level}_half_width"]), float(row[f"{level}_half_height"]))
 
 
 def _level_region(disc: Region, others: list[Region]) -> Region:

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the folds (default: 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the phantom and the shards (default: all cores)")
+    parser.add_argument("--difficulty", default="easy",
+                        help="the phantom's preset, easy or paper (`hnp phantom --help`; default: %(default)s)")
     parser.add_argument("--config", default="tiny", help="training config, a name or a YAML file (default: tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config value (repeatable)")
@@ -81,7 +83,8 @@ def demo_stages(args: argparse.Namespace, paths: DemoPaths) -> list[tuple[str, l
     stages = []
     if not paths.manifest.is_file():  # a rerun keeps the phantom it made before
         stages.append(("phantom", ["phantom", "--out", str(paths.phantom), "--patients", str(args.patients),
-                                   "--seed", str(args.seed), "--prevalence", "balanced", "--workers", workers]))
+                                   "--seed", str(args.seed), "--difficulty", args.difficulty, "--prevalence",
+                                   "balanced", "--workers", workers]))
     stages += [
         ("validate", ["validate", str(paths.manifest), "--workers", workers]),
         ("shard", ["shard", "--manifest", str(paths.manifest), "--out", str(paths.shards), "--seed", str(args.seed),
@@ -118,7 +121,7 @@ def summary(paths: DemoPaths, timings: list[tuple[str, float]]) -> str:
     # A level whose test patients are all positive or all negative has no AUC (tiny demos only).
     lines += [f"| {level} | {_format_auc(auc)} |" for level, auc in aucs.items()]
     lines += [f"| mean | {_format_auc(sum(known) / len(known) if known else None)} |", ""]
-    opens = [(paths.report / "report.md", "the paper's tables beside ours, and the Grad-CAM pointing game"),
+    opens = [(paths.report / "report.md", "the paper's tables beside ours, the phantom's ceiling, the pointing game"),
              (paths.report / "roc.png", "ROC curve per level"),
              (paths.report / "gradcam", "Grad-CAM overlays (index.csv lists them)"),
              (paths.run, "checkpoints and history.csv per fold"),

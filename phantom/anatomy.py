@@ -1,9 +1,9 @@
-"""Synthetic patients: age, sex, per-level HNP labels, views taken, and the lumbar anatomy all their images share.
+"""Synthetic patients: age, sex, per-level HNP labels, views taken, the spine all their images share, and the signs
+of herniation and degeneration it carries (`phantom.signs`).
 
 Everything here is in millimetres and draws only from the `numpy.random.Generator` it is given, so a patient is a
-pure function of its seed. Age is a confounder, as in life: it raises the HNP prevalence at every level and narrows
-every disc a little, while HNP itself narrows only its own disc, clearly more than age does (and often adds
-osteophyte spurs and endplate sclerosis there).
+pure function of its seed. Age is a confounder, as in life: it raises the HNP prevalence at every level, narrows
+every disc a little, and (in the `paper` preset) brings degenerative signs without any herniation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from hnp.errors import HnpError
 from hnp.levels import LEVELS, PAPER_PREVALENCE, VIEWS
+from phantom.signs import Difficulty, LevelSigns, sample_signs
 
 PREVALENCE_MODES: tuple[str, ...] = ("paper", "balanced")
 BALANCED_PREVALENCE = 0.4  # every level, so a few dozen patients already hold positives at L1-2
@@ -26,10 +27,6 @@ AGE_MIN, AGE_MAX = 18, 90
 AGE_BETA = (2.2, 2.4)  # age = AGE_MIN + (AGE_MAX - AGE_MIN) * Beta(a, b): mean about 52 years
 AGE_PREVALENCE_SLOPE = 1.5  # prevalence factor 1 + slope * (z - mean z), z = age on [0, 1]: 0.28x at 18, 1.8x at 90
 AGE_NARROWING = 0.15  # every disc loses up to 15% of its height by age 90
-HNP_NARROWING = (0.45, 0.68)  # a herniated disc keeps this fraction of its height (uniform)
-HNP_SPUR_PROB = 0.6  # osteophyte spurs at the endplates next to a herniated disc
-HNP_SCLEROSIS_PROB = 0.6  # brighter (sclerotic) endplates next to a herniated disc
-AGE_SPUR_PROB = 0.08  # small spurs at a healthy disc, times z: the age confounder's own bony sign
 
 # Rows: T12, L1..L5. Vertebral body height, width (frontal) and depth (sagittal) in mm.
 BODY_HEIGHT = np.array([24.0, 25.0, 26.0, 27.0, 27.0, 26.0])
@@ -41,32 +38,30 @@ DISC_HEIGHT = np.array([7.0, 8.5, 9.5, 10.5, 11.5, 10.5])
 
 @dataclass(frozen=True)
 class Anatomy:
-    """One patient's spine in mm, shared by all their views.
+    """One patient's spine in mm before any sign, shared by all their views.
 
     Args:
         body_height: (6,) vertebral body heights, T12 and L1..L5.
         body_width: (6,) frontal widths (AP view).
         body_depth: (6,) sagittal depths (lateral view).
-        disc_height: (6,) disc heights at the disc centre: T12-L1, then L1-2..L5-S1 (LEVELS order).
-        spur: (5,) osteophyte spur length in mm at each level's endplates, 0 for none.
-        sclerosis: (5,) endplate sclerosis at each level.
+        disc_height: (6,) disc heights at the disc centre: T12-L1, then L1-2..L5-S1 (LEVELS order); age narrows them.
         lordosis: T12-S1 lordosis in degrees of the neutral lateral view.
         scoliosis: (6,) frontal joint angles in degrees (small, random).
+        segment_play: (5,) each level's angle deviation (degrees) in flexion and extension films, LEVELS order.
     """
 
     body_height: np.ndarray
     body_width: np.ndarray
     body_depth: np.ndarray
     disc_height: np.ndarray
-    spur: np.ndarray
-    sclerosis: np.ndarray
     lordosis: float
     scoliosis: np.ndarray
+    segment_play: np.ndarray
 
 
 @dataclass(frozen=True)
 class Patient:
-    """One synthetic patient: what goes into the manifest plus the anatomy the images are drawn from.
+    """One synthetic patient: what goes into the manifest plus what the images are drawn from.
 
     Args:
         age: years, AGE_MIN..AGE_MAX.
@@ -74,6 +69,8 @@ class Patient:
         labels: HNP per level, LEVELS order, 0/1.
         views: the views taken, in VIEWS order, 1 to 6 of them.
         anatomy: the spine all views show.
+        signs: the signs at each level (which views draw them: `difficulty`).
+        difficulty: the preset the signs come from.
     """
 
     age: int
@@ -81,6 +78,8 @@ class Patient:
     labels: tuple[int, ...]
     views: tuple[str, ...]
     anatomy: Anatomy
+    signs: LevelSigns
+    difficulty: Difficulty
 
 
 def base_prevalence(mode: str) -> np.ndarray:
@@ -113,12 +112,13 @@ def level_probabilities(age: int, base: np.ndarray) -> np.ndarray:
     return np.clip(base * factor, 0.0, 0.95)
 
 
-def sample_patient(rng: np.random.Generator, base: np.ndarray) -> Patient:
-    """Draw a patient: age, sex, labels given age, the views taken and the anatomy given age and labels.
+def sample_patient(rng: np.random.Generator, base: np.ndarray, difficulty: Difficulty) -> Patient:
+    """Draw a patient: age, sex, labels given age, the views taken, the spine, and its signs given age and labels.
 
     Args:
         rng: the patient's own generator.
         base: (5,) prevalence per level before age modulation (see `base_prevalence`).
+        difficulty: the preset of the signs.
     """
     age = int(round(AGE_MIN + (AGE_MAX - AGE_MIN) * rng.beta(*AGE_BETA)))
     sex = "F" if rng.random() < 0.5 else "M"
@@ -126,33 +126,27 @@ def sample_patient(rng: np.random.Generator, base: np.ndarray) -> Patient:
     count = int(rng.choice(len(IMAGE_COUNT_PROBS), p=IMAGE_COUNT_PROBS)) + 1
     chosen = set(rng.choice(PHANTOM_VIEWS, size=count, replace=False, p=VIEW_WEIGHTS).tolist())
     views = tuple(v for v in PHANTOM_VIEWS if v in chosen)
-    return Patient(age=age, sex=sex, labels=labels, views=views, anatomy=sample_anatomy(rng, age, labels))
+    anatomy = sample_anatomy(rng, age, difficulty.segment_play)
+    signs = sample_signs(rng, labels, age_fraction(age), difficulty)
+    return Patient(age=age, sex=sex, labels=labels, views=views, anatomy=anatomy, signs=signs, difficulty=difficulty)
 
 
-def sample_anatomy(rng: np.random.Generator, age: int, labels: tuple[int, ...]) -> Anatomy:
-    """Draw a spine: body sizes, disc heights narrowed by age everywhere and by HNP at positive levels.
+def sample_anatomy(rng: np.random.Generator, age: int, segment_play: float = 0.0) -> Anatomy:
+    """Draw a spine without signs: body sizes, disc heights narrowed a little by age, curves, segment play.
 
     Args:
         rng: the patient's generator.
-        age: years; drives mild narrowing at every disc and a few age-related spurs.
-        labels: (5,) HNP per level, LEVELS order.
+        age: years; every disc loses up to AGE_NARROWING of its height by AGE_MAX.
+        segment_play: half-range (degrees) of each level's flexion/extension angle deviation.
     """
-    z = age_fraction(age)
     size = rng.normal(1.0, 0.05)  # the patient's build scales all bones together
-    positive = np.array(labels, dtype=bool)
-    disc = DISC_HEIGHT * rng.normal(1.0, 0.05) * rng.normal(1.0, 0.04, DISC_HEIGHT.shape) * (1.0 - AGE_NARROWING * z)
-    disc[1:][positive] *= rng.uniform(*HNP_NARROWING, positive.sum())
-    hnp_spur = positive & (rng.random(positive.shape) < HNP_SPUR_PROB)
-    age_spur = ~positive & (rng.random(positive.shape) < AGE_SPUR_PROB * z)
-    spur = np.where(hnp_spur, rng.uniform(2.5, 5.0, positive.shape), 0.0)
-    spur = np.where(age_spur, rng.uniform(1.0, 2.0, positive.shape), spur)
+    disc = DISC_HEIGHT * rng.normal(1.0, 0.05) * rng.normal(1.0, 0.04, DISC_HEIGHT.shape)
     return Anatomy(
         body_height=BODY_HEIGHT * size * rng.normal(1.0, 0.03, BODY_HEIGHT.shape),
         body_width=BODY_WIDTH * size * rng.normal(1.0, 0.03, BODY_WIDTH.shape),
         body_depth=BODY_DEPTH * size * rng.normal(1.0, 0.03, BODY_DEPTH.shape),
-        disc_height=disc * size,
-        spur=spur * size,
-        sclerosis=positive & (rng.random(positive.shape) < HNP_SCLEROSIS_PROB),
+        disc_height=disc * size * (1.0 - AGE_NARROWING * age_fraction(age)),
         lordosis=float(rng.normal(55.0, 8.0)),
         scoliosis=rng.normal(0.0, 1.5) * np.sin(np.linspace(0.0, np.pi, 6) + rng.uniform(0, np.pi)),
+        segment_play=segment_play * rng.uniform(-1.0, 1.0, len(LEVELS)),
     )

@@ -1,12 +1,13 @@
-"""Write a phantom data set: JPEGs, `manifest.parquet` / `manifest.csv` (DESIGN.md's manifest contract) and
-`truth.parquet` (per image, each disc's centre, half-height, half-width and angle in pixels).
+"""Write a phantom data set: JPEGs, `manifest.parquet` / `manifest.csv` (DESIGN.md's manifest contract), the truth
+tables (`phantom.truth`: per image, per image x level x sign, per patient x level x sign) and `ceiling.json` (the
+best AUC any model could reach on it, `phantom.ceiling`).
 
 Determinism: the registry (patient and study IDs, train/test split) comes from `SeedSequence(seed, spawn_key=(0,))`
 and patient i from `SeedSequence(seed, spawn_key=(1, i))`, so every byte depends on the seed alone, never on how
 patients are spread over worker processes.
 
     from phantom.generate import PhantomConfig, generate
-    manifest = generate(PhantomConfig(out=Path("data/phantom"), patients=200, workers=2))
+    manifest = generate(PhantomConfig(out=Path("data/phantom"), patients=200, difficulty="paper", workers=2))
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from hnp.levels import LEVEL_COLUMNS
+from hnp.files import atomic_write
+from hnp.levels import LEVEL_COLUMNS, LEVELS
 from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from phantom.anatomy import base_prevalence, sample_patient
+from phantom.ceiling import CEILING_FILE, ceiling_document, posterior, write_ceiling
 from phantom.render import encode_jpeg, render_view
+from phantom.signs import difficulty_preset
+from phantom.truth import ImageTruth, PatientTruth, image_table, patient_table, sign_table, write_truth_tables
 
 MIN_SIZE = (64, 48)  # smaller images cannot hold five vertebrae with visible disc spaces
 # The paper trained on the first collection period and tested on the second (Methods 2.1).
@@ -36,7 +41,20 @@ TRAIN_PERIOD = (dt.date(2010, 1, 1), dt.date(2020, 2, 29))
 TEST_PERIOD = (dt.date(2020, 3, 1), dt.date(2021, 2, 28))
 IMAGES_DIR = "images"
 CHUNKS_PER_WORKER = 4  # enough chunks to balance the workers, few enough to keep per-task overhead small
-_Rows = tuple[list[dict], list[dict]]  # (manifest rows, truth rows)
+
+
+@dataclass
+class _Rendered:
+    """What rendering some patients gives back: manifest rows, each image's truth, each patient's truth."""
+
+    manifest: list[dict]
+    images: list[ImageTruth]
+    patients: list[PatientTruth]
+
+    def extend(self, other: _Rendered) -> None:
+        self.manifest += other.manifest
+        self.images += other.images
+        self.patients += other.patients
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class PhantomConfig:
         seed: non-negative integer; the same seed gives the same bytes.
         size: (height, width) of every image in pixels.
         prevalence: "paper" (Table 1, modulated by age) or "balanced" (every level raised, for small test sets).
+        difficulty: the signs' preset (`phantom.signs.DIFFICULTIES`): "easy" or "paper".
         test_fraction: share of patients in the test split, in [0, 1).
         workers: processes rendering in parallel.
     """
@@ -58,6 +77,7 @@ class PhantomConfig:
     seed: int = 0
     size: tuple[int, int] = (512, 400)
     prevalence: str = "paper"
+    difficulty: str = "easy"
     test_fraction: float = 0.1
     workers: int = 1
 
@@ -73,6 +93,7 @@ class PhantomConfig:
         if self.workers < 1:
             raise HnpError(f"--workers must be at least 1, got {self.workers}")
         base_prevalence(self.prevalence)  # raises HnpError naming the modes
+        difficulty_preset(self.difficulty)  # raises HnpError naming the presets
 
 
 @dataclass(frozen=True)
@@ -130,38 +151,41 @@ def image_name(index: int, image: int) -> str:
     return f"{IMAGES_DIR}/p{index:06d}_{image}.jpg"
 
 
-def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id: str,
-                   split: str) -> _Rows:
-    """Render and write one patient's images; return their manifest rows and truth rows.
+def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id: str, split: str) -> _Rendered:
+    """Render and write one patient's images; return their manifest rows and truth.
 
     Args:
-        config: the data set settings (out, seed, size, prevalence).
+        config: the data set settings (out, seed, size, prevalence, difficulty).
         index: the patient's running number (seeds its generator, names its files).
         patient_id, study_id, split: from `patient_registry`.
     """
     rng = patient_rng(config.seed, index)
-    patient = sample_patient(rng, base_prevalence(config.prevalence))
+    base = base_prevalence(config.prevalence)
+    patient = sample_patient(rng, base, difficulty_preset(config.difficulty))
     xray_date, mri_date = sample_dates(rng, split)
-    manifest_rows, truth_rows = [], []
+    result = _Rendered([], [], [])
     for image, view in enumerate(patient.views):
-        pixels, truth = render_view(patient, view, rng, config.size)
+        radiograph = render_view(patient, view, rng, config.size)
         path = image_name(index, image)
-        (config.out / path).write_bytes(encode_jpeg(pixels))
-        manifest_rows.append({"patient_id": patient_id, "image_path": path, "split": split, "age": patient.age,
-                              **dict(zip(LEVEL_COLUMNS, patient.labels, strict=True)), "view": view, "sex": patient.sex,
-                              "study_id": study_id, "xray_date": xray_date, "mri_date": mri_date})
-        truth_rows.append({"image_path": path, "view": view, "height": config.size[0], "width": config.size[1],
-                           **truth})
-    return manifest_rows, truth_rows
+        (config.out / path).write_bytes(encode_jpeg(radiograph.pixels))
+        result.manifest.append({"patient_id": patient_id, "image_path": path, "split": split, "age": patient.age,
+                                **dict(zip(LEVEL_COLUMNS, patient.labels, strict=True)), "view": view,
+                                "sex": patient.sex, "study_id": study_id, "xray_date": xray_date, "mri_date": mri_date})
+        result.images.append(ImageTruth(image_path=path, patient=index, view=view, size=config.size,
+                                        discs=radiograph.discs, boxes=radiograph.boxes,
+                                        visible=patient.signs.visible((view,), patient.difficulty),
+                                        posterior=posterior(patient, (view,), base)))
+    result.patients.append(PatientTruth(index=index, split=split, patient=patient,
+                                        observed=patient.signs.visible(patient.views, patient.difficulty),
+                                        posterior=posterior(patient, patient.views, base)))
+    return result
 
 
-def _render_chunk(chunk: _Chunk) -> _Rows:
-    manifest_rows, truth_rows = [], []
+def _render_chunk(chunk: _Chunk) -> _Rendered:
+    result = _Rendered([], [], [])
     for offset, (patient_id, study_id, split) in enumerate(chunk.registry):
-        rows, truth = render_patient(chunk.config, chunk.start + offset, patient_id, study_id, split)
-        manifest_rows += rows
-        truth_rows += truth
-    return manifest_rows, truth_rows
+        result.extend(render_patient(chunk.config, chunk.start + offset, patient_id, study_id, split))
+    return result
 
 
 def _init_worker() -> None:
@@ -184,7 +208,8 @@ def _prepare_out(out: Path) -> None:
 
 
 def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
-    """Render the whole data set into `config.out` and return the manifest (also written as Parquet and CSV).
+    """Render the whole data set into `config.out` and return the manifest (also written as Parquet and CSV),
+    with the truth tables and ceiling.json beside it.
 
     Args:
         config: what to write.
@@ -200,16 +225,38 @@ def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
             results = _render_inline(chunks, done)
         else:
             results = _render_parallel(chunks, config.workers, done)
-    manifest = pd.DataFrame([row for rows, _ in results for row in rows],
-                            columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
-    truth = pd.DataFrame([row for _, rows in results for row in rows])
-    manifest.to_parquet(config.out / "manifest.parquet", index=False)
-    manifest.to_csv(config.out / "manifest.csv", index=False, lineterminator="\n")
-    truth.to_parquet(config.out / "truth.parquet", index=False)
+    rendered = _Rendered([], [], [])
+    for result in results:
+        rendered.extend(result)
+    manifest = pd.DataFrame(rendered.manifest, columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+    atomic_write(config.out / "manifest.parquet", lambda tmp: manifest.to_parquet(tmp, index=False))
+    atomic_write(config.out / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False, lineterminator="\n"))
+    _write_truth(config, rendered)
     return manifest
 
 
-def _render_inline(chunks: list[_Chunk], done: Callable[[_Chunk], None]) -> list[_Rows]:
+def _write_truth(config: PhantomConfig, rendered: _Rendered) -> None:
+    """The three truth tables and ceiling.json."""
+    patients = {t.index: t.patient for t in rendered.patients}
+    tables = {"images": image_table(rendered.images), "signs": sign_table(rendered.images, patients),
+              "patients": patient_table(rendered.patients)}
+    write_truth_tables(config.out, tables)
+    split_of = {t.index: t.split for t in rendered.patients}
+    labels = {t.index: t.patient.labels for t in rendered.patients}
+
+    def scored(indices: list[int], posteriors: list[np.ndarray]) -> pd.DataFrame:
+        return pd.DataFrame({"split": [split_of[i] for i in indices],
+                             **{f"label_{lv}": [labels[i][k] for i in indices] for k, lv in enumerate(LEVELS)},
+                             **{f"posterior_{lv}": [p[k] for p in posteriors] for k, lv in enumerate(LEVELS)}})
+
+    images = scored([t.patient for t in rendered.images], [t.posterior for t in rendered.images])
+    people = scored([t.index for t in rendered.patients], [t.posterior for t in rendered.patients])
+    about = {"difficulty": config.difficulty, "prevalence": config.prevalence, "seed": config.seed,
+             "patients": config.patients, "images": len(rendered.images)}
+    write_ceiling(config.out / CEILING_FILE, ceiling_document(images, people, about))
+
+
+def _render_inline(chunks: list[_Chunk], done: Callable[[_Chunk], None]) -> list[_Rendered]:
     """All chunks in this process, with OpenCV held to one thread like each pool worker."""
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
@@ -223,12 +270,12 @@ def _render_inline(chunks: list[_Chunk], done: Callable[[_Chunk], None]) -> list
         cv2.setNumThreads(threads)
 
 
-def _render_parallel(chunks: list[_Chunk], workers: int, done: Callable[[_Chunk], None]) -> list[_Rows]:
+def _render_parallel(chunks: list[_Chunk], workers: int, done: Callable[[_Chunk], None]) -> list[_Rendered]:
     """Chunks over a process pool; results come back in chunk order whatever order they finish in."""
     # forkserver, not fork: a child forked after OpenCV started its thread pool deadlocks in cv2.setNumThreads
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["phantom.generate"])
-    results: list[_Rows] = [([], [])] * len(chunks)
+    results: list[_Rendered] = [_Rendered([], [], [])] * len(chunks)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
         futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
         for future in as_completed(futures):

@@ -1,8 +1,8 @@
 """Rasterise a view layout into an 8-bit radiograph: pose, soft tissue, bone texture, blur, exposure, noise, JPEG.
 
 All randomness comes from the generator passed in, so an image is a pure function of (patient, view, generator).
-The pose (tilt, shift, scale) is applied to the millimetre shapes before drawing, so the disc truth returned with
-the image is exact in the pixel coordinates of the written image.
+The pose (tilt, shift, scale) is applied to the millimetre shapes before drawing, so the disc truth and the sign
+boxes returned with the image are exact in the pixel coordinates of the written image.
 """
 
 from __future__ import annotations
@@ -13,16 +13,35 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hnp.levels import LEVEL_COLUMNS
+from hnp.levels import LEVELS
 from phantom.anatomy import Patient
-from phantom.views import AIR, Shape, ViewLayout, build_layout, rotation
+from phantom.views import AIR, Shape, ViewLayout, build_layout, drawn_signs, rotation
 
 FIELD_MM = (280.0, 220.0)  # (height, width) of the field of view at pose scale 1
 ANCHOR_Y = 0.45  # the anchor (between L1 and S1) sits this far down the image
 SOFT_DOWNSAMPLE = 4  # soft tissue is smooth: paint it at 1/4 resolution and upsample
 RIM_MM = 1.2  # cortical bone thickness
 JPEG_QUALITY = 92
+# The brightest attenuation of a vertebral body over muscle (texture and heel effect included) maps at most to this
+# fraction of white: bone is never burnt out, so signs inside it (sclerosis) stay visible.
+BONE_ATTENUATION, BONE_WHITE = 0.85, 0.97
 SUBPIXEL_BITS = 4  # cv2 drawing with 1/16-pixel vertex precision, so disc heights are not rounded to pixels
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """One rendered film and its truth in its own pixels.
+
+    Args:
+        pixels: (H, W) uint8 image.
+        discs: each level's disc centre, half-height, half-width and angle (see `disc_truth`).
+        boxes: (5, 7, 4) per level and sign (LEVELS x phantom.signs.SIGNS) the box x0, y0, x1, y1 (pixels,
+            clipped to the image) where the sign lies, whether or not this film shows it.
+    """
+
+    pixels: np.ndarray
+    discs: dict[str, float]
+    boxes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -54,12 +73,14 @@ def sample_pose(rng: np.random.Generator) -> Pose:
 
 
 def sample_exposure(rng: np.random.Generator, height: int) -> Exposure:
-    """Exposure and contrast that vary enough between images that histogram equalisation (CLAHE) matters.
+    """Exposure and contrast that vary enough between images that histogram equalisation (CLAHE) matters, windowed
+    so that a vertebral body stays below white (brighter signs such as sclerosis may clip, the body may not).
 
     Args:
         height: image height in pixels; blur scales with it.
     """
-    return Exposure(gain=rng.uniform(0.5, 1.3), offset=rng.uniform(0.0, 0.2),
+    gain, offset = rng.uniform(0.5, 1.3), rng.uniform(0.0, 0.2)
+    return Exposure(gain=min(gain, (BONE_WHITE - offset) / BONE_ATTENUATION), offset=offset,
                     gamma=float(np.exp(rng.uniform(-0.45, 0.4))), blur_sigma=rng.uniform(0.7, 1.6) * height / 512,
                     noise_sigma=rng.uniform(0.01, 0.035), heel=rng.uniform(-0.15, 0.15))
 
@@ -74,7 +95,7 @@ def view_matrix(size: tuple[int, int], pose: Pose) -> np.ndarray:
 
 
 def disc_truth(layout: ViewLayout, matrix: np.ndarray, tilt: float) -> dict[str, float]:
-    """Each disc's centre, half-height, half-width (pixels) and angle, keyed `<level column>_<field>`.
+    """Each disc's centre, half-height, half-width (pixels) and angle, keyed `<level>_<field>` (LEVELS spelling).
 
     The angle `a` (degrees) gives the disc's across direction (cos a, sin a) in image coordinates (x right,
     y down); its height runs along (-sin a, cos a). Together they define the disc region as a rotated box.
@@ -86,35 +107,41 @@ def disc_truth(layout: ViewLayout, matrix: np.ndarray, tilt: float) -> dict[str,
     """
     px_per_mm = float(np.hypot(*matrix[:, 0]))
     truth: dict[str, float] = {}
-    for column, disc in zip(LEVEL_COLUMNS, layout.discs, strict=True):
+    for level, disc in zip(LEVELS, layout.discs, strict=True):
         x, y = matrix[:, :2] @ disc.center + matrix[:, 2]
-        truth |= {f"{column}_x": float(x), f"{column}_y": float(y),
-                  f"{column}_half_height": disc.half_height * px_per_mm,
-                  f"{column}_half_width": disc.half_width * px_per_mm,
-                  f"{column}_angle": float(np.degrees(disc.theta) + tilt)}
+        truth |= {f"{level}_x": float(x), f"{level}_y": float(y),
+                  f"{level}_half_height": disc.half_height * px_per_mm,
+                  f"{level}_half_width": disc.half_width * px_per_mm,
+                  f"{level}_angle": float(np.degrees(disc.theta) + tilt)}
     return truth
 
 
-def render_view(patient: Patient, view: str, rng: np.random.Generator,
-                size: tuple[int, int]) -> tuple[np.ndarray, dict[str, float]]:
-    """Draw one radiograph of a patient and return it with its disc truth (see `disc_truth`).
+def sign_boxes(layout: ViewLayout, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(5, 7, 4) pixel boxes x0, y0, x1, y1 of the layout's sign regions, clipped to an image of `size` (H, W)."""
+    corners = np.array(layout.regions) @ matrix[:, :2].T + matrix[:, 2]  # (5, 7, 4 corners, 2)
+    low, high = corners.min(axis=2), corners.max(axis=2)
+    limits = np.array([size[1], size[0]], dtype=float)
+    return np.concatenate([np.clip(low, 0.0, limits), np.clip(high, 0.0, limits)], axis=-1)
+
+
+def render_view(patient: Patient, view: str, rng: np.random.Generator, size: tuple[int, int]) -> Radiograph:
+    """Draw one radiograph of a patient with what this view shows of its signs, and its truth.
 
     Args:
         patient: whose spine to draw.
         view: AP, LAT, OBL_L, OBL_R, FLEX or EXT.
         rng: this image's generator.
         size: (height, width) in pixels.
-
-    Returns:
-        (H, W) uint8 image, and the disc truth in its pixel coordinates.
     """
-    layout = build_layout(patient.anatomy, view, rng)
+    drawn = drawn_signs(patient, view, rng)
+    layout = build_layout(patient.anatomy, drawn, view, rng)
     pose = sample_pose(rng)
     exposure = sample_exposure(rng, size[0])
     matrix = view_matrix(size, pose)
     attenuation = _soft_layer(layout.soft, matrix, size, exposure.heel) + _bone_layer(layout.bone, matrix, size, rng)
     _mark_side(attenuation, rng)
-    return _expose(attenuation, exposure, rng), disc_truth(layout, matrix, pose.tilt)
+    return Radiograph(pixels=_expose(attenuation, exposure, rng), discs=disc_truth(layout, matrix, pose.tilt),
+                      boxes=sign_boxes(layout, matrix, size))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -10,6 +10,11 @@ Coordinates: x to the image right, y down, origin at the "anchor" (midway betwee
 endplate). In lateral views the patient faces left, so anterior is -x. A vertebra's local frame has y along the
 spine axis (down) and x across it; `theta` rotates local into view coordinates, positive when the axis, going
 down, leans to -x.
+
+What a film draws of the patient's signs (`DrawnSigns`, from `drawn_signs`) changes the layout: narrowed discs,
+a forward slip of the vertebra above a level, extra joint angles (flexion/extension segment play and instability,
+coronal tilt), endplate spurs and sclerosis, enlarged facets. The layout also returns where each sign lies around
+its disc (`ViewLayout.regions`), whether or not this film draws it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from phantom.anatomy import Anatomy
+from hnp.levels import LEVELS
+from phantom.anatomy import Anatomy, Patient
+from phantom.signs import SIDES, SIGNS
 
 LATERAL_VIEWS = ("LAT", "FLEX", "EXT")
 # Share of the T12-S1 lordosis taken by each joint, T12-L1 .. L5-S1 (the lower joints carry most of it).
@@ -34,6 +41,22 @@ CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
 # Linear attenuation-like brightness of each tissue; the renderer adds the bone layer onto the soft layer.
 AIR, FAT, TISSUE, MUSCLE, GAS = 0.03, 0.2, 0.24, 0.29, 0.13
 BODY, CORTEX, SCLEROSIS, POSTERIOR, FORAMEN = 0.42, 0.66, 0.9, 0.36, 0.28
+FACET_FILL, FACET_RIM = 0.72, 0.92  # a hypertrophic, sclerotic facet joint
+HARD_DISC_EDGE_MM = 0.4  # extra joint angles (segment play, tilt) may close a disc edge down to this, not below
+# Where each sign lies around its disc, in the disc's frame (across, along): across centre as a multiple of the
+# half-width, then the half-extents across and along as (multiple of the half-width or half-height, mm beyond).
+# The facet joint sits over the pedicle column of the oblique view's "scottie dog" (its eye is at 0.3 x width).
+# The margins hold the largest magnitude of the `paper` preset (phantom.signs): a 9 mm slip, 8 mm spurs reaching
+# 5.5 mm into the body, 5 mm sclerosis bands, a 7 mm facet.
+SIGN_REGIONS: dict[str, tuple[float, tuple[float, float], tuple[float, float]]] = {
+    "narrowing": (0.0, (1.0, 0.0), (1.0, 0.0)),
+    "listhesis": (0.0, (1.0, 6.0), (1.0, 5.0)),
+    "instability": (0.0, (1.0, 0.0), (1.0, 0.0)),
+    "osteophyte": (0.0, (1.0, 9.0), (1.0, 6.5)),
+    "sclerosis": (0.0, (1.0, 0.0), (1.0, 6.0)),
+    "scoliosis": (0.0, (1.0, 0.0), (1.0, 0.0)),
+    "facet": (0.6, (0.0, 8.0), (0.0, 8.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -65,11 +88,66 @@ class DiscGeometry:
 
 @dataclass(frozen=True)
 class ViewLayout:
-    """Everything one view draws: `soft` tissue shapes, `bone` shapes in paint order, and the 5 discs (LEVELS)."""
+    """Everything one view draws: `soft` tissue shapes, `bone` shapes in paint order, the 5 discs (LEVELS), and
+    `regions`: per level and sign (LEVELS x SIGNS), the (4, 2) corners of the box where the sign lies, in mm."""
 
     soft: list[Shape]
     bone: list[Shape]
     discs: tuple[DiscGeometry, ...]
+    regions: tuple[tuple[np.ndarray, ...], ...]
+
+
+@dataclass(frozen=True)
+class DrawnSigns:
+    """What one film draws of its patient's signs, per level (LEVELS order); 0 where it draws nothing.
+
+    Args:
+        narrowing: fraction of the disc height lost.
+        listhesis: mm the vertebra above sits forward of the one below (lateral views).
+        joint_tilt: degrees added to the level's joint angle: flexion/extension segment play (with instability
+            in the EXT film), coronal scoliosis tilt.
+        osteophyte: mm of the endplate spurs.
+        sclerosis: mm thickness of the endplate sclerosis bands.
+        facet: mm radius of the enlarged facet joint.
+    """
+
+    narrowing: np.ndarray
+    listhesis: np.ndarray
+    joint_tilt: np.ndarray
+    osteophyte: np.ndarray
+    sclerosis: np.ndarray
+    facet: np.ndarray
+
+
+def drawn_signs(patient: Patient, view: str, rng: np.random.Generator) -> DrawnSigns:
+    """What a film of `view` draws of the patient's signs (`phantom.signs` decides which views draw which).
+
+    In FLEX and EXT films every level's angle deviates by the patient's segment play (plus a per-film jitter);
+    an unstable level's EXT deviation is shifted by the instability magnitude and wrapped back into the play's
+    range, so each film alone has the same distribution of angles as a stable spine.
+
+    Args:
+        patient: whose signs.
+        view: the film's view.
+        rng: the film's generator (the jitter).
+    """
+    signs, difficulty = patient.signs, patient.difficulty
+
+    def drawn(sign: str) -> np.ndarray:
+        return signs.signed(sign, view, difficulty)
+
+    def direction(sign: str) -> np.ndarray:  # "L" -> +1, "R" -> -1
+        return np.where(signs.side[:, SIGNS.index(sign)] == SIDES[0], 1.0, -1.0)
+
+    tilt = drawn("scoliosis") * direction("scoliosis")
+    play = difficulty.segment_play
+    if view in ("FLEX", "EXT") and play > 0:
+        deviation = patient.anatomy.segment_play
+        if view == "EXT":
+            deviation = np.mod(deviation + direction("instability") * drawn("instability") + play, 2 * play) - play
+        tilt = tilt + deviation + rng.normal(0.0, difficulty.segment_jitter, len(LEVELS))
+    return DrawnSigns(narrowing=drawn("narrowing"), listhesis=drawn("listhesis"), joint_tilt=tilt,
+                      osteophyte=drawn("osteophyte"), sclerosis=drawn("sclerosis"), facet=drawn("facet"))
 
 
 @dataclass(frozen=True)
@@ -114,49 +192,70 @@ def _mirrored(shapes: list[Shape]) -> list[Shape]:
     return [replace(s, points=s.points * (-1.0, 1.0)) for s in shapes]
 
 
-def build_layout(anatomy: Anatomy, view: str, rng: np.random.Generator) -> ViewLayout:
-    """Project a patient's spine into one view.
+def build_layout(anatomy: Anatomy, drawn: DrawnSigns, view: str, rng: np.random.Generator) -> ViewLayout:
+    """Project a patient's spine, with what this film draws of its signs, into one view.
 
     Args:
         anatomy: the patient's spine (mm).
+        drawn: what this film draws of the signs (`drawn_signs`).
         view: AP, LAT, OBL_L, OBL_R, FLEX or EXT.
         rng: the image's generator (soft-tissue and bowel-gas variation).
     """
     family = "LAT" if view in LATERAL_VIEWS else view[:3]
+    discs_mm = anatomy.disc_height * np.append(1.0, 1.0 - drawn.narrowing)
     if family == "LAT":
         widths = anatomy.body_depth
         joints = anatomy.lordosis * LORDOSIS_FACTOR[view] * LORDOSIS_SHARE
-        chain = _build_chain(anatomy, widths, joints, np.radians(TRUNK_LEAN_DEG[view]))
+        chain = _build_chain(anatomy, discs_mm, widths, joints, np.radians(TRUNK_LEAN_DEG[view]), drawn)
     else:
         widths = anatomy.body_width if family == "AP" else 0.5 * (anatomy.body_width + anatomy.body_depth)
-        chain = _build_chain(anatomy, widths, anatomy.scoliosis, 0.0)
-    bone = _bones(chain, anatomy, family)
+        chain = _build_chain(anatomy, discs_mm, widths, anatomy.scoliosis, 0.0, drawn)
+    bone = _bones(chain, anatomy, drawn, family)
     soft = _soft_tissue(chain, family, rng)
     discs = chain.discs[1:]
+    regions = tuple(tuple(_sign_region(disc, sign) for sign in SIGNS) for disc in discs)
     if view == "OBL_R":  # the mirror image of OBL_L
         soft, bone = _mirrored(soft), _mirrored(bone)
         discs = tuple(replace(d, center=d.center * (-1.0, 1.0), theta=-d.theta) for d in discs)
-    return ViewLayout(soft=soft, bone=bone, discs=discs)
+        regions = tuple(tuple(corners * (-1.0, 1.0) for corners in level) for level in regions)
+    return ViewLayout(soft=soft, bone=bone, discs=discs, regions=regions)
 
 
-def _build_chain(anatomy: Anatomy, widths: np.ndarray, joints_deg: np.ndarray, lean: float) -> _Chain:
-    """Stack T12..L5 and the sacrum, each disc a gap of its height at its centre, turned by its joint angle."""
-    heights, discs_mm = anatomy.body_height, anatomy.disc_height
+def _sign_region(disc: DiscGeometry, sign: str) -> np.ndarray:
+    """(4, 2) corners of the box around `disc` where `sign` lies (SIGN_REGIONS), in layout mm."""
+    centre_across, (across_factor, across_mm), (along_factor, along_mm) = SIGN_REGIONS[sign]
+    half_across = across_factor * disc.half_width + across_mm
+    half_along = along_factor * disc.half_height + along_mm
+    local = _rect(-half_across, -half_along, half_across, half_along) + (centre_across * disc.half_width, 0.0)
+    return local @ rotation(disc.theta).T + disc.center
+
+
+def _build_chain(anatomy: Anatomy, discs_mm: np.ndarray, widths: np.ndarray, joints_deg: np.ndarray, lean: float,
+                 drawn: DrawnSigns) -> _Chain:
+    """Stack T12..L5 and the sacrum, each disc a gap of its height at its centre, turned by its joint angle.
+
+    The vertebra below a slipped level (`drawn.listhesis`) sits that far back (+x), so the one above is forward.
+    """
+    heights = anatomy.body_height
     # A wedged disc must not close at its narrow edge: a narrowed disc loses some of its wedge (as in life).
-    limit = np.degrees(2 * np.arctan((discs_mm - MIN_DISC_EDGE_MM) / np.append(widths[1:], widths[-1])))
-    joints = np.radians(np.clip(joints_deg, -limit, limit))
+    across = np.append(widths[1:], widths[-1])
+    limit = np.degrees(2 * np.arctan((discs_mm - MIN_DISC_EDGE_MM) / across))
+    hard_limit = np.degrees(2 * np.arctan((discs_mm - HARD_DISC_EDGE_MM) / across))
+    tilt = np.append(0.0, drawn.joint_tilt)
+    joints = np.radians(np.clip(np.clip(joints_deg, -limit, limit) + tilt, -hard_limit, hard_limit))
+    slips = np.append(0.0, drawn.listhesis)
     thetas = joints.sum() / 2 + lean - np.concatenate([[0.0], np.cumsum(joints)])  # (7,): T12..L5, sacrum
     centers = [np.zeros(2)]
     discs = []
     for i in range(6):
         down = rotation(thetas[i])[:, 1]
         mid = 0.5 * (thetas[i] + thetas[i + 1])
-        mid_down = rotation(mid)[:, 1]
+        mid_down, mid_across = rotation(mid)[:, 1], rotation(mid)[:, 0]
         endplate = centers[i] + down * heights[i] / 2
-        center = endplate + mid_down * discs_mm[i] / 2
+        center = endplate + mid_down * discs_mm[i] / 2 + mid_across * slips[i] / 2
         half_width = 0.5 * (widths[i] + widths[min(i + 1, 5)]) / 2
         discs.append(DiscGeometry(center=center, theta=float(mid), half_height=discs_mm[i] / 2, half_width=half_width))
-        next_endplate = center + mid_down * discs_mm[i] / 2
+        next_endplate = center + mid_down * discs_mm[i] / 2 + mid_across * slips[i] / 2
         if i < 5:
             centers.append(next_endplate + rotation(thetas[i + 1])[:, 1] * heights[i + 1] / 2)
     anchor = 0.5 * (centers[1] + next_endplate)
@@ -177,17 +276,19 @@ def _body(w: float, h: float, waist: float) -> Shape:
     return Shape(np.array(pts), BODY, rim=CORTEX)
 
 
-def _bones(chain: _Chain, anatomy: Anatomy, family: str) -> list[Shape]:
-    """All bone shapes in paint order: pelvis, sacrum, then per vertebra its body and posterior elements."""
+def _bones(chain: _Chain, anatomy: Anatomy, drawn: DrawnSigns, family: str) -> list[Shape]:
+    """All bone shapes in paint order: pelvis, sacrum, per vertebra its body and posterior elements, then the
+    enlarged facet joints (over the posterior elements they belong to)."""
     shapes = _pelvis(chain, family)
     for i in range(6):
         w, h = chain.widths[i], anatomy.body_height[i]
         local = _posterior_under(family, w, h, i) + [_body(w, h, waist=1.0 if family == "LAT" else 2.5)]
         local += _posterior_over(family, w, h)
-        local += _degeneration_upper(anatomy, i, w, h, family) + _degeneration_lower(anatomy, i, w, h, family)
+        local += _degeneration_upper(drawn, i, w, h, family) + _degeneration_lower(drawn, i, w, h, family)
         shapes += _moved(local, chain.centers[i], chain.thetas[i])
-    s1 = _degeneration_lower(anatomy, 6, chain.widths[5], 0.0, family)  # S1 endplate: origin at the endplate
-    return shapes + _moved(s1, chain.sacrum_origin, chain.sacrum_theta)
+    s1 = _degeneration_lower(drawn, 6, chain.widths[5], 0.0, family)  # S1 endplate: origin at the endplate
+    shapes += _moved(s1, chain.sacrum_origin, chain.sacrum_theta)
+    return shapes + _facets(chain.discs[1:], drawn.facet)
 
 
 def _posterior_under(family: str, w: float, h: float, index: int) -> list[Shape]:
@@ -233,34 +334,47 @@ def _posterior_over(family: str, w: float, h: float) -> list[Shape]:
     return []
 
 
-def _degeneration_upper(anatomy: Anatomy, i: int, w: float, h: float, family: str) -> list[Shape]:
-    """Spurs and sclerosis at the lower endplate of vertebra i (T12=0), next to disc level i (LEVELS index)."""
+def _degeneration_upper(drawn: DrawnSigns, i: int, w: float, h: float, family: str) -> list[Shape]:
+    """Spurs and sclerosis at the lower endplate of vertebra i (T12=0), next to disc level i-1 (LEVELS index)."""
     if i == 0:
         return []
-    return _endplate_signs(anatomy.spur[i - 1], bool(anatomy.sclerosis[i - 1]), w, h / 2, 1.0, family)
+    return _endplate_signs(drawn.osteophyte[i - 1], drawn.sclerosis[i - 1], w, h / 2, 1.0, family)
 
 
-def _degeneration_lower(anatomy: Anatomy, i: int, w: float, h: float, family: str) -> list[Shape]:
+def _degeneration_lower(drawn: DrawnSigns, i: int, w: float, h: float, family: str) -> list[Shape]:
     """Spurs and sclerosis at the upper endplate of vertebra i (L1=1 .. S1=6), next to disc level i-2."""
     if i < 2:
         return []
-    return _endplate_signs(anatomy.spur[i - 2], bool(anatomy.sclerosis[i - 2]), w, -h / 2, -1.0, family)
+    return _endplate_signs(drawn.osteophyte[i - 2], drawn.sclerosis[i - 2], w, -h / 2, -1.0, family)
 
 
-def _endplate_signs(spur: float, sclerosis: bool, w: float, y: float, toward: float, family: str) -> list[Shape]:
+def _endplate_signs(spur: float, sclerosis: float, w: float, y: float, toward: float, family: str) -> list[Shape]:
     """Osteophyte spurs at the endplate corners and a sclerotic band along the endplate at height y.
 
     Args:
+        spur: spur length in mm, 0 for none.
+        sclerosis: band thickness in mm, 0 for none.
         toward: +1 when the disc lies below the endplate (local +y), -1 when above.
     """
     shapes = []
-    if sclerosis:
-        shapes.append(Shape(_rect(-w / 2 + 1.5, y - toward * 3.5, w / 2 - 1.5, y), SCLEROSIS))
+    if sclerosis > 0:
+        shapes.append(Shape(_rect(-w / 2 + 1.5, y - toward * sclerosis, w / 2 - 1.5, y), SCLEROSIS))
     if spur > 0:
         sides = (-1.0,) if family == "LAT" else (-1.0, 1.0)  # lateral views show the anterior spurs
         for side in sides:
             tri = np.array([[w / 2 - 1, y - toward * 5.5], [w / 2 + spur, y + toward * 0.4 * spur], [w / 2 - 1, y]])
             shapes.append(Shape(tri * (side, 1.0), BODY + 0.1, rim=CORTEX))
+    return shapes
+
+
+def _facets(discs: tuple[DiscGeometry, ...], radius: np.ndarray) -> list[Shape]:
+    """Enlarged, dense facet joints of the given radius (mm) at the levels' facet positions (SIGN_REGIONS)."""
+    shapes = []
+    for disc, r in zip(discs, radius, strict=True):
+        if r > 0:
+            centre = disc.center + rotation(disc.theta)[:, 0] * SIGN_REGIONS["facet"][0] * disc.half_width
+            outline = CIRCLE @ (rotation(disc.theta) * (r, 0.8 * r)).T + centre
+            shapes.append(Shape(outline, FACET_FILL, rim=FACET_RIM))
     return shapes
 
 

@@ -4,6 +4,7 @@ that running it again continues where it stopped instead of starting over."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from support import demo as support
 
 from hnp.cli import main
+from hnp.demo import DemoPaths, add_arguments, demo_stages
 from hnp.levels import LEVELS
 
 
@@ -58,3 +60,12 @@ def test_demo_run_again_continues_where_it_stopped(installed_demo: dict) -> None
 def test_demo_refuses_too_few_patients(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path), "--patients", "3"]) == 2
     assert "--patients 3: a 4-fold demo needs at least 8 patients" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("given", "difficulty"), [([], "easy"), (["--difficulty", "paper"], "paper")])
+def test_demo_asks_the_phantom_for_its_difficulty(tmp_path: Path, given: list[str], difficulty: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    stages = dict(demo_stages(parser.parse_args(["--out", str(tmp_path), *given]), DemoPaths(tmp_path)))
+    phantom = stages["phantom"]
+    assert phantom[phantom.index("--difficulty") + 1] == difficulty

@@ -19,6 +19,7 @@ from hnp.cli import main
 from hnp.config import load_config
 from hnp.levels import LEVELS
 from hnp.predictions import label_column, pred_column, prob_column
+from phantom.ceiling import ceiling_auc, read_ceiling
 
 CONTRACT_FILES = ("predictions_images.parquet", "predictions_patients.parquet", "metrics.json", "metrics.csv",
                   "report.md", "roc.png", "gradcam/index.csv")
@@ -115,6 +116,21 @@ def test_explanations_name_their_method_and_run_their_checks(report: Path) -> No
     assert found["pointing"] is not None and set(found["pointing"]["levels"]) == set(LEVELS)
     for level, figure in found["figures"].items():
         assert (report / figure).read_bytes().startswith(b"\x89PNG"), level
+
+
+def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: Path, world: dict[str, Path]) -> None:
+    metrics = json.loads((report / "metrics.json").read_text())
+    ceiling = read_ceiling(world["phantom"] / "ceiling.json")
+    block = metrics["ceiling"]
+    assert list(block["targets"]) == [*LEVELS, "any"]
+    for target, scopes in block["targets"].items():
+        for scope in ("image", "patient"):
+            assert scopes[scope]["ceiling"] == ceiling_auc(ceiling, target, scope, "test"), (target, scope)
+            assert scopes[scope]["n_model"] == scopes[scope]["n_ceiling"], (target, scope)
+        per_patient = metrics["metrics"][target]["roc_auc"]
+        assert scopes["patient"]["model"] == (None if per_patient is None else pytest.approx(per_patient)), target
+    assert "## Phantom ceiling" in (report / "report.md").read_text()
+
 
 
 def test_predict_agrees_with_eval_for_a_test_patient(report: Path, world: dict[str, Path],

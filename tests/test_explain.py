@@ -4,6 +4,7 @@ ignore the model are flagged, and deletion tells a map of the evidence from a ma
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import cv2
@@ -27,7 +28,6 @@ from eval.pointing import counted_images, pointing_markdown, score_map, score_ma
 from eval.truth import PhantomTruth, Region, read_truth
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
-from hnp.predictions import label_column
 from phantom.generate import PhantomConfig, generate
 
 
@@ -40,11 +40,21 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "truth.parquet"
 
 
-def samples(truth_path: Path, positive: str | None = None) -> pd.DataFrame:
-    """The truth's images as shard samples (key, view, labels): every level positive, or only `positive`."""
-    truth = read_truth(truth_path)
-    labels = {label_column(level): int(positive in (None, level)) for level in LEVELS}
-    return truth[["key", "view"]].assign(**labels)
+def samples(truth_path: Path) -> pd.DataFrame:
+    """The truth's images as shard samples (key, view)."""
+    return read_truth(truth_path)[["key", "view"]]
+
+
+def with_signs_shown(truth_path: Path, out: Path, shown: set[tuple[int, str]]) -> Path:
+    """A copy of the phantom's truth tables in which the films show one sign exactly at the (row, level) pairs of
+    `shown`, and nothing anywhere else; returns the copy's truth.parquet."""
+    out.mkdir(parents=True)
+    shutil.copy(truth_path, out / "truth.parquet")
+    signs = pd.read_parquet(truth_path.parent / "truth_signs.parquet")
+    first_sign = ~signs.duplicated(["row", "level"])
+    wanted = pd.Series([(row, level) in shown for row, level in zip(signs["row"], signs["level"], strict=True)])
+    signs.assign(visible=(first_sign & wanted).to_numpy()).to_parquet(out / "truth_signs.parquet", index=False)
+    return out / "truth.parquet"
 
 
 def disc_map(truth_row: pd.Series, column: str, shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
@@ -81,10 +91,9 @@ def test_map_on_the_true_disc_scores_high_and_on_the_next_level_low(phantom: Pat
     truth_table = read_truth(phantom)
     truth = PhantomTruth(phantom, samples(phantom))
     shape = (int(128 * scale), int(100 * scale))
-    for row in truth_table.head(6).itertuples(index=False):
-        row = pd.Series(row._asdict())
-        on = score_map(disc_map(row, "L4_5", shape, scale), truth.levels(row.key), "L4-5", (128, 100), row.key)
-        off = score_map(disc_map(row, "L5_S1", shape, scale), truth.levels(row.key), "L4-5", (128, 100), row.key)
+    for _, row in truth_table.head(6).iterrows():
+        on = score_map(disc_map(row, "L4-5", shape, scale), truth.levels(row.key), "L4-5", (128, 100), row.key)
+        off = score_map(disc_map(row, "L5-S1", shape, scale), truth.levels(row.key), "L4-5", (128, 100), row.key)
         assert on["hit"] and on["disc_hit"] and on["spine_hit"]
         assert not off["hit"] and off["spine_hit"]
         assert on["energy"] > 0.6 and off["energy"] < 0.3
@@ -108,25 +117,60 @@ def test_only_visible_true_positives_are_counted(phantom: Path, tmp_path: Path) 
     the figures are given per level and per view."""
     truth_table = read_truth(phantom).head(6)
     rows = []
-    for row in truth_table.itertuples(index=False):
-        row = pd.Series(row._asdict())
-        np.save(tmp_path / f"{row.key}.npy", disc_map(row, "L4_5", (128, 100)))
+    for _, row in truth_table.iterrows():
+        np.save(tmp_path / f"{row.key}.npy", disc_map(row, "L4-5", (128, 100)))
         rows.append({"key": row.key, "view": row.view, "level": "L4-5", "rank": len(rows) + 1, "probability": 0.9,
                      "label": 1, "heatmap": f"{row.key}.npy"})
     index = pd.DataFrame(rows)
     index.loc[1, "label"] = 0  # a false positive
     index.loc[2, "probability"] = 0.4  # under the threshold
-    sign_only_at_l1 = PhantomTruth(phantom, samples(phantom, positive="L1-2"))
-    assert counted_images(index, dict.fromkeys(LEVELS, 0.5), sign_only_at_l1).empty
-    truth = PhantomTruth(phantom, samples(phantom))
+    image_rows = truth_table["row"].tolist()
+    sign_only_at_l1 = with_signs_shown(phantom, tmp_path / "l1", {(row, "L1-2") for row in image_rows})
+    assert counted_images(index, dict.fromkeys(LEVELS, 0.5), PhantomTruth(sign_only_at_l1, samples(phantom))).empty
+    # the film of image 3 does not show its L4-5 sign (it shows one at L3-4)
+    shown = {(row, "L4-5") for row in image_rows if row != image_rows[3]} | {(image_rows[3], "L3-4")}
+    hidden_in_3 = with_signs_shown(phantom, tmp_path / "l45", shown)
+    truth = PhantomTruth(hidden_in_3, samples(phantom))
     counted = counted_images(index, dict.fromkeys(LEVELS, 0.5), truth)
-    assert counted["key"].tolist() == index["key"].drop([1, 2]).tolist()
+    assert counted["key"].tolist() == index["key"].drop([1, 2, 3]).tolist()
     result = summarise(score_maps(counted, truth, tmp_path))
-    assert result["overall"]["n"] == 4 and result["overall"]["hit_rate"] == 1.0
-    assert result["levels"]["L4-5"]["n"] == 4 and result["levels"]["L1-2"]["n"] == 0
-    assert sum(v["n"] for v in result["views"].values()) == 4
+    assert result["overall"]["n"] == 3 and result["overall"]["hit_rate"] == 1.0
+    assert result["levels"]["L4-5"]["n"] == 3 and result["levels"]["L1-2"]["n"] == 0
+    assert sum(v["n"] for v in result["views"].values()) == 3
     assert set(result["views"]) == set(counted["view"])
     assert "**100.0%**" in pointing_markdown(result) and "| View |" in pointing_markdown(result)
+
+
+def test_on_the_easy_phantom_every_herniation_shows_in_every_film(phantom: Path) -> None:
+    """Visibility is read per image from truth_signs.parquet and lands on the right shard key: on `easy` every
+    herniated level shows a sign in every film (and a few healthy ones an osteophyte of age), row by row, even with
+    the truth table's rows shuffled."""
+    manifest = pd.read_parquet(phantom.parent / "manifest.parquet")
+    truth = PhantomTruth(phantom, samples(phantom))
+    keys = read_truth(phantom)["key"]
+    shown = np.array([[truth.levels(key)[level].visible for level in LEVELS] for key in keys])
+    herniated = manifest[list(LEVEL_COLUMNS)].to_numpy() == 1
+    assert shown[herniated].all() and shown[~herniated].mean() < 0.2 and 0 < herniated.mean() < 1
+    shuffled = phantom.parent.parent / "shuffled"
+    shuffled.mkdir(exist_ok=True)
+    pd.read_parquet(phantom).sample(frac=1.0, random_state=0).to_parquet(shuffled / "truth.parquet")
+    shutil.copy(phantom.parent / "truth_signs.parquet", shuffled / "truth_signs.parquet")
+    again = PhantomTruth(shuffled / "truth.parquet", samples(phantom))
+    for key in keys:
+        assert again.levels(key) == truth.levels(key)
+
+
+def test_truth_without_its_sign_table_is_refused(phantom: Path, tmp_path: Path) -> None:
+    shutil.copy(phantom, tmp_path / "truth.parquet")
+    with pytest.raises(HnpError, match="truth_signs.parquet: no such file"):
+        PhantomTruth(tmp_path / "truth.parquet", samples(phantom))
+
+
+def test_a_truth_table_of_the_old_spelling_is_refused_by_name(tmp_path: Path) -> None:
+    old = pd.DataFrame({"view": ["AP"], "height": [128], "width": [100], "L1_2_x": [50.0], "L1_2_y": [20.0]})
+    old.to_parquet(tmp_path / "truth.parquet")
+    with pytest.raises(HnpError, match=r"truth.parquet: not a phantom truth.parquet \(missing row, image_path"):
+        read_truth(tmp_path / "truth.parquet")
 
 
 def test_truth_of_another_phantom_is_refused(phantom: Path) -> None:
@@ -208,9 +252,8 @@ def test_sections_json_and_figure(phantom: Path, tmp_path: Path) -> None:
     truth_table = read_truth(phantom).head(3)
     truth = PhantomTruth(phantom, samples(phantom))
     rows = []
-    for shift, row in enumerate(truth_table.itertuples(index=False)):
-        row = pd.Series(row._asdict())
-        heat = disc_map(row, LEVEL_COLUMNS[2 + shift], (128, 100))
+    for shift, (_, row) in enumerate(truth_table.iterrows()):
+        heat = disc_map(row, LEVELS[2 + shift], (128, 100))
         gray = np.full((128, 100), 90, np.uint8)
         (tmp_path / "L3-4").mkdir(exist_ok=True)
         cv2.imwrite(str(tmp_path / "L3-4" / f"{row.key}.png"), overlay(gray, heat))

@@ -1,4 +1,6 @@
-"""hnp phantom: determinism, the manifest contract, the planted signal measured from pixels, prevalence, errors."""
+"""hnp phantom: determinism, the manifest contract, the `easy` preset's planted signal measured from pixels,
+prevalence, errors. The `paper` preset's signs: test_phantom_signs.py; truth tables and ceiling:
+test_phantom_truth.py."""
 
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
+from support.phantom_pixels import disc_height
 
 from hnp.cli import main
 from hnp.errors import HnpError
 from hnp.jpeg import inspect_jpeg_file
-from hnp.levels import LEVEL_COLUMNS, VIEWS
+from hnp.levels import LEVEL_COLUMNS, LEVELS, VIEWS
 from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from phantom.anatomy import PHANTOM_VIEWS, base_prevalence, level_probabilities, sample_patient
 from phantom.generate import PhantomConfig, generate, parse_size
+from phantom.signs import EASY
+from phantom.truth import TRUTH_FILES
 
 SMALL = (128, 100)
 
@@ -55,7 +60,7 @@ def test_different_seed_different_data(small_set: Path, tmp_path: Path) -> None:
              progress=False)
     first, other = _files(small_set), _files(tmp_path / "other")
     assert first["manifest.csv"] != other["manifest.csv"]
-    shared = set(first) & set(other) - {"manifest.csv", "manifest.parquet", "truth.parquet"}
+    shared = {name for name in set(first) & set(other) if name.startswith("images/")}
     assert shared and all(first[name] != other[name] for name in shared)
 
 
@@ -89,48 +94,18 @@ def test_images_are_grayscale_jpegs_with_truth_inside(small_set: Path) -> None:
     for path in manifest["image_path"]:
         info = inspect_jpeg_file(small_set / path)
         assert (info.height, info.width, info.components) == (*SMALL, 1)
-    xs, ys = truth[[f"{c}_x" for c in LEVEL_COLUMNS]], truth[[f"{c}_y" for c in LEVEL_COLUMNS]]
+    xs, ys = truth[[f"{lv}_x" for lv in LEVELS]], truth[[f"{lv}_y" for lv in LEVELS]]
     assert ((xs > 0) & (xs < SMALL[1])).all().all() and ((ys > 0) & (ys < SMALL[0])).all().all()
     assert (np.diff(ys.to_numpy(), axis=1) > 0).all(), "discs are not ordered L1-2 .. L5-S1 from the top"
-    assert (truth[[f"{c}_half_height" for c in LEVEL_COLUMNS]] > 0).all().all()
-
-
-def measured_disc_height(image: np.ndarray, truth: pd.Series, level: int) -> float:
-    """Disc-space height from pixels alone, as a fraction of the distance between neighbouring disc centres.
-
-    Samples a strip across the central 80% of the disc's width, along the spine axis, from the middle of the body
-    above to the middle of the body below (truth gives only where to look: centre, angle, width), and measures
-    the width of the dark dip at half depth between its floor and the bone level.
-    """
-    column = LEVEL_COLUMNS[level]
-    center = np.array([truth[f"{column}_x"], truth[f"{column}_y"]])
-    angle = np.radians(truth[f"{column}_angle"])
-    across, along = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
-    neighbours = [LEVEL_COLUMNS[j] for j in (level - 1, level + 1) if 0 <= j < len(LEVEL_COLUMNS)]
-    pitch = float(np.mean([np.hypot(truth[f"{c}_x"] - center[0], truth[f"{c}_y"] - center[1]) for c in neighbours]))
-    half_length, half_width = int(pitch / 2), int(0.4 * truth[f"{column}_half_width"])
-    to_image = np.column_stack([across, along, center - across * half_width - along * half_length])
-    strip = cv2.warpAffine(image.astype(np.float32), to_image, (2 * half_width + 1, 2 * half_length + 1),
-                           flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
-    profile = np.convolve(strip.mean(axis=1), np.ones(3) / 3, mode="same")
-    search = int(pitch / 4)
-    floor_at = half_length - search + int(np.argmin(profile[half_length - search:half_length + search + 1]))
-    threshold = (profile[floor_at] + np.percentile(profile, 75)) / 2
-    dark = profile < threshold
-    low, high = floor_at, floor_at
-    while low > 0 and dark[low - 1]:
-        low -= 1
-    while high < len(profile) - 1 and dark[high + 1]:
-        high += 1
-    return (high - low + 1) / pitch
+    assert (truth[[f"{lv}_half_height" for lv in LEVELS]] > 0).all().all()
 
 
 def test_pixels_carry_the_planted_signal_at_its_own_disc(signal_set: Path) -> None:
+    """`easy`: every herniated disc is narrowed in every view, clearly more than age narrows the others."""
     manifest = pd.read_parquet(signal_set / "manifest.parquet")
-    truth = pd.read_parquet(signal_set / "truth.parquet")
-    heights = np.array([[measured_disc_height(cv2.imread(str(signal_set / row.image_path), cv2.IMREAD_GRAYSCALE),
-                                              truth.iloc[i], level) for level in range(len(LEVEL_COLUMNS))]
-                        for i, row in enumerate(manifest.itertuples())])
+    truth = pd.read_parquet(signal_set / "truth.parquet").to_dict("records")
+    heights = np.array([[disc_height(cv2.imread(str(signal_set / row.image_path), cv2.IMREAD_GRAYSCALE), truth[i],
+                                     level) for level in LEVELS] for i, row in enumerate(manifest.itertuples())])
     labels = manifest[list(LEVEL_COLUMNS)].to_numpy()
     assert len(manifest) >= 250 and (labels.sum(axis=0) >= 30).all()
     auc = np.array([[roc_auc_score(labels[:, j], -heights[:, k]) for j in range(5)] for k in range(5)])
@@ -148,7 +123,7 @@ def test_pixels_carry_the_planted_signal_at_its_own_disc(signal_set: Path) -> No
 def test_prevalence_follows_the_mode(mode: str) -> None:
     rng = np.random.default_rng(3)
     base = base_prevalence(mode)
-    patients = [sample_patient(rng, base) for _ in range(4000)]
+    patients = [sample_patient(rng, base, EASY) for _ in range(4000)]
     labels = np.array([p.labels for p in patients])
     ages = np.array([p.age for p in patients])
     observed = labels.mean(axis=0)
@@ -179,6 +154,7 @@ def test_bad_size_is_an_error(text: str) -> None:
         ({"seed": -1}, "--seed must be a non-negative integer"),
         ({"size": (40, 30)}, "--size 40x30 is too small"),
         ({"prevalence": "rare"}, "unknown prevalence mode 'rare'"),
+        ({"difficulty": "hard"}, "unknown difficulty 'hard': choose one of easy, paper"),
     ],
 )
 def test_bad_arguments_are_errors(tmp_path: Path, changes: dict, message: str) -> None:
@@ -194,7 +170,9 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
 
 
 def test_cli_writes_a_set_and_reports_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["phantom", "--out", str(tmp_path / "cli"), "--patients", "3", "--size", "96x80", "--seed", "1"]) == 0
-    assert {"manifest.parquet", "manifest.csv", "truth.parquet"} <= {p.name for p in (tmp_path / "cli").iterdir()}
+    assert main(["phantom", "--out", str(tmp_path / "cli"), "--patients", "3", "--size", "96x80", "--seed", "1",
+                 "--difficulty", "paper"]) == 0
+    written = {p.name for p in (tmp_path / "cli").iterdir()}
+    assert {"manifest.parquet", "manifest.csv", "ceiling.json", *TRUTH_FILES.values()} <= written
     assert main(["phantom", "--out", str(tmp_path / "bad"), "--patients", "3", "--size", "96by80"]) == 2
     assert "--size must look like HxW" in capsys.readouterr().err
