@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from eval.gradcam import add_map_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="the patient's radiographs (JPEG)")
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="fold-mean", metavar="RULE",
                         help="fold-mean or fixed:X (default: %(default)s)")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM heatmap per image and level")
-    parser.add_argument("--gradcam-layer", metavar="NAME", help="Grad-CAM layer (default: the last convolution)")
+    add_map_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.predict import format_table, predict_patient
 
     result = predict_patient(args.run_dir, args.images, age=args.age, threshold=args.threshold, device=args.device,
-                             gradcam_dir=args.gradcam, gradcam_layer=args.gradcam_layer)
+                             gradcam_dir=args.gradcam, gradcam_method=args.gradcam_method,
+                             gradcam_layer=args.gradcam_layer)
     print(format_table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0
