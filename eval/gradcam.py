@@ -1,16 +1,31 @@
-"""Grad-CAM heatmaps of the fold models for the test images they are most confident about.
+"""Class activation maps of the fold models for the test images they are most confident about.
 
-Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
-ICCV 2017, https://arxiv.org/abs/1610.02391) weights each channel of a convolution layer's activations by the
-spatial mean of the gradient of the class score (here a level's logit) with respect to that channel, sums them
-and keeps the positive part. The paper used the last convolution layer of EfficientNet-B5 and stored "the top 300
-images whose disks were identified with a high probability".
+The maps come from pytorch-grad-cam (`grad-cam` on PyPI, https://github.com/jacobgil/pytorch-grad-cam); this
+module picks the method and the layers, bags the fold models' maps and writes them. Methods (`METHODS`):
+
+- `gradcam`: Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391) weights each channel of a
+  layer's activations by the spatial mean of the gradient of the target logit, sums them, keeps the positive part.
+  The paper used it at the last convolution layer of EfficientNet-B5.
+- `hirescam`: HiResCAM (Draelos & Carin 2020, https://arxiv.org/abs/2011.08891) multiplies activations and
+  gradients element-wise before summing over channels: no spatial averaging, so each cell keeps its own evidence.
+- `layercam`: LayerCAM (Jiang et al., IEEE TIP 2021, https://ieeexplore.ieee.org/document/9462463): as HiResCAM
+  but only the positive gradients; made for the shallower, finer layers.
+- `gradcam++`: Grad-CAM++ (Chattopadhyay et al., WACV 2018, https://arxiv.org/abs/1710.11063).
+
+With several layers, each layer's map is scaled to [0, 1] at the input resolution and the maps are averaged
+(pytorch-grad-cam's rule).
+
+Layers (`resolve_layers`): `auto` picks, among the model's stage outputs (timm's `feature_info`) and its last
+convolution, the deepest one whose map has at least `min_cells` cells along each side at the model's input size:
+on `test_efficientnet` at 128 px that is `blocks.2` (16 x 16), where the last convolution has 4 x 4, too coarse to
+point at one of five discs; on EfficientNet-B5 at 456 px, `blocks.4` (29 x 29). `last-conv` is the paper's choice;
+a comma-separated list of module names picks those layers.
 
 Example::
 
-    model = timm.create_model("test_efficientnet", num_classes=5).eval()
-    cam = GradCAM(model)                      # target layer: the last Conv2d ("conv_head" in timm EfficientNets)
-    heat = cam(images, target=3)              # (B, H, W) in [0, 1], L4-5's logit, at the input resolution
+    model = timm.create_model("test_efficientnet", num_classes=5, in_chans=1).eval()
+    cam = ClassActivationMap(model, method="layercam", layers=resolve_layers(model, "auto", (1, 128, 128)))
+    heat = cam(images, target=3)            # (B, H, W) in [0, 1], L4-5's logit, at the input resolution
 
 Selection (`select_top`): per level, the K test images with the highest bagged probability at that level, ties
 broken by sample key so the choice is deterministic. Levels are handled independently: one image may be among the
@@ -23,6 +38,7 @@ scaled to [0, 1] again: the explanation of the bagged prediction, as the probabi
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,43 +46,126 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from hnp.errors import HnpError
-from hnp.predictions import KEY, PATIENT, label_column, prob_column
+from hnp.predictions import KEY, PATIENT, label_column, model_targets, prob_column
+
+METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM,
+                                     "gradcam++": GradCAMPlusPlus}
+DEFAULT_METHOD = "layercam"
+AUTO_LAYER, LAST_CONV = "auto", "last-conv"
+MIN_CELLS = 16  # cells along each side of the map: about three per level along a lumbar spine filling 60% of it
+
+
+def add_map_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--gradcam-method` and `--gradcam-layer`, shared by `hnp eval` and `hnp predict`."""
+    parser.add_argument("--gradcam-method", choices=tuple(METHODS), default=DEFAULT_METHOD,
+                        help="class activation map method (default: %(default)s; gradcam = the paper's)")
+    parser.add_argument("--gradcam-layer", metavar="NAME[,NAME]", default=AUTO_LAYER,
+                        help=f"{AUTO_LAYER} = the deepest stage with at least {MIN_CELLS} map cells along each side at "
+                             f"the model's input size; {LAST_CONV} = the last convolution layer (the paper's); or "
+                             "module names (default: %(default)s)")
 
 
 def last_conv_layer(model: torch.nn.Module) -> str:
     """Name of the last `Conv2d` registered in the model ("conv_head" for timm EfficientNets)."""
     names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
     if not names:
-        raise HnpError("Grad-CAM: the model has no Conv2d layer")
+        raise HnpError("class activation map: the model has no Conv2d layer")
     return names[-1]
 
 
-class GradCAM:
-    """Grad-CAM of one model at one layer, for a batch of images and one output index per image.
+def map_sizes(model: torch.nn.Module, layers: Sequence[str],
+              input_shape: tuple[int, int, int]) -> dict[str, tuple[int, int]]:
+    """Each layer's output (height, width) for one input of `input_shape` (C, H, W): one forward pass on zeros.
+
+    Args:
+        model: the network (its parameters' device is used).
+        layers: module names.
+        input_shape: the model input without the batch axis.
+    """
+    modules = _named_layers(model, layers)
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            sizes.setdefault(name, (int(output.shape[-2]), int(output.shape[-1])))
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sizes[name] for name in layers}
+
+
+def resolve_layers(model: torch.nn.Module, spec: str | None, input_shape: tuple[int, int, int],
+                   min_cells: int = MIN_CELLS) -> tuple[str, ...]:
+    """The layer(s) a map is taken at (see the module docstring).
+
+    Args:
+        model: the network.
+        spec: `auto` (or None), `last-conv`, or comma-separated module names.
+        input_shape: the model input (C, H, W), which sets each layer's map size.
+        min_cells: for `auto`, the fewest cells along each side of the map.
+    """
+    if spec in (None, "", AUTO_LAYER):
+        candidates = [info["module"] for info in getattr(model, "feature_info", [])] + [last_conv_layer(model)]
+        sizes = map_sizes(model, candidates, input_shape)
+        fine_enough = [name for name in candidates if min(sizes[name]) >= min_cells]
+        if not fine_enough:
+            raise HnpError(f"class activation map: no layer of the model has {min_cells} cells along each side at "
+                           f"input {input_shape[1]}x{input_shape[2]} (sizes {sizes}); name one with --gradcam-layer")
+        return (max(fine_enough, key=candidates.index),)
+    if spec == LAST_CONV:
+        return (last_conv_layer(model),)
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    _named_layers(model, names)  # raises naming an unknown layer
+    return names
+
+
+def _named_layers(model: torch.nn.Module, names: Sequence[str]) -> dict[str, torch.nn.Module]:
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            close = [other for other in modules if other.endswith(name.split(".")[-1])][:3]
+            hint = f"; try {close}" if close else ""
+            raise HnpError(f"class activation map: no layer {name!r} in the model{hint}")
+    return {name: modules[name] for name in names}
+
+
+class ClassActivationMap:
+    """One model's maps by one method at one or more layers, for a batch and one output index per image.
 
     Runs in float32 outside any autocast region (low-precision gradients make noisy maps), on the device the
-    model's parameters are on. The model is used in eval mode and is not changed.
+    model's parameters are on, also when called under `torch.no_grad`. The model is put in eval mode; its
+    weights are not changed (the parameter gradients the backward pass leaves are cleared).
 
     Args:
         model: a classifier returning logits (B, outputs).
-        layer: dotted module name of the target layer; None = the last convolution layer.
+        method: a key of METHODS.
+        layers: module names (`resolve_layers`).
     """
 
-    def __init__(self, model: torch.nn.Module, layer: str | None = None) -> None:
-        self.model = model.eval()
-        self.layer_name = layer or last_conv_layer(model)
-        modules = dict(model.named_modules())
-        if self.layer_name not in modules:
-            close = [name for name in modules if name.endswith(self.layer_name.split(".")[-1])][:3]
-            raise HnpError(f"Grad-CAM: no layer {self.layer_name!r} in the model" + (f"; try {close}" if close else ""))
-        self.layer = modules[self.layer_name]
+    def __init__(self, model: torch.nn.Module, method: str, layers: Sequence[str]) -> None:
+        if method not in METHODS:
+            raise HnpError(f"class activation map: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.model, self.method, self.layers = model.eval(), method, tuple(layers)
+        self._modules = list(_named_layers(model, self.layers).values())
+
+    def describe(self) -> str:
+        """E.g. "layercam at blocks.2", as the report names it."""
+        return f"{self.method} at {', '.join(self.layers)}"
 
     def __call__(self, images: torch.Tensor, target: int | Sequence[int]) -> torch.Tensor:
-        """Heatmaps (B, H, W) at the input's resolution, each scaled to [0, 1] (all zeros if nothing is positive).
+        """Heatmaps (B, H, W) on the CPU at the input's resolution, each scaled to [0, 1].
 
         Args:
             images: (B, C, H, W) model input.
@@ -74,22 +173,15 @@ class GradCAM:
         """
         device = next(self.model.parameters()).device
         images = images.to(device=device, dtype=torch.float32)
-        index = torch.as_tensor(target, device=device).expand(images.shape[0]).long()
-        captured: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, _i, output: captured.append(output))
+        outputs = torch.as_tensor(target).expand(images.shape[0]).tolist()
+        cam = METHODS[self.method](self.model, self._modules)
         try:
             with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
-                # Input gradients keep the graph alive even for a model whose weights are frozen.
-                logits = self.model(images.detach().requires_grad_(True))
-                scores = logits.gather(1, index[:, None]).sum()  # samples are independent in eval mode
-                (grads,) = torch.autograd.grad(scores, captured[0])
+                maps = cam(images, [ClassifierOutputTarget(output) for output in outputs])
         finally:
-            handle.remove()
-        activations = captured[0].detach()  # (B, K, h, w)
-        weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1): gradient averaged over space
-        cam = F.relu((weights * activations).sum(dim=1, keepdim=True))  # (B, 1, h, w)
-        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return scale_to_unit(cam)
+            cam.activations_and_grads.release()  # its hooks would otherwise stay on the model
+            self.model.zero_grad(set_to_none=True)
+        return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).clamp_(0.0, 1.0)
 
 
 def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
@@ -98,12 +190,10 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return (maps.clamp_min(0) / peak[:, None, None]).clamp(0.0, 1.0)
 
 
-def bagged_gradcam(cams: Sequence[GradCAM], images: torch.Tensor, target: int | Sequence[int]) -> torch.Tensor:
+def bagged_maps(cams: Sequence[ClassActivationMap], images: torch.Tensor, target: int | Sequence[int]) -> torch.Tensor:
     """Mean of the fold models' heatmaps, scaled to [0, 1]: (B, H, W) on the CPU."""
-    total = sum(cam(images, target).cpu() for cam in cams)
+    total = sum(cam(images, target) for cam in cams)
     return scale_to_unit(total / len(cams))
-
-
 def to_image_resolution(heat: np.ndarray, height: int, width: int, resize: str) -> np.ndarray:
     """Map a heatmap from the model's square input back onto the original radiograph (float32, (height, width)).
 
@@ -133,6 +223,11 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarra
     return cv2.addWeighted(colour, alpha, base, 1.0 - alpha, 0.0)
 
 
+def map_targets(task: str) -> dict[str, int]:
+    """Targets that get maps (the model's own; the derived "any" has no logit): target -> output index."""
+    return {target: output for output, target in enumerate(model_targets(task))}
+
+
 def select_top(images: pd.DataFrame, targets: dict[str, int], k: int) -> pd.DataFrame:
     """The top-K images by bagged probability per target, ties broken by key (see the module docstring).
 
@@ -158,7 +253,7 @@ def select_top(images: pd.DataFrame, targets: dict[str, int], k: int) -> pd.Data
 
 
 def export_gradcam(
-    cams: Sequence[GradCAM],
+    cams: Sequence[ClassActivationMap],
     selection: pd.DataFrame,
     load: Callable[[str], tuple[np.ndarray, np.ndarray]],
     out_dir: Path,
@@ -169,7 +264,7 @@ def export_gradcam(
     """Write an overlay PNG and a float32 .npy heatmap at image resolution per selected (image, level), and index.csv.
 
     Args:
-        cams: one GradCAM per fold model.
+        cams: one map maker per fold model.
         selection: from `select_top`.
         load: key -> (the radiograph as uint8 gray (H, W), the model input (C, S, S) float32).
         out_dir: the gradcam folder; files go to `<level>/<rank>_<key>.png|.npy` inside it.
@@ -186,7 +281,7 @@ def export_gradcam(
         batch = selection.iloc[start : start + batch_size]
         loaded = [load(key) for key in batch["key"]]
         inputs = torch.from_numpy(np.stack([tensor for _, tensor in loaded]))
-        heats = bagged_gradcam(cams, inputs, batch["output"].tolist()).numpy()
+        heats = bagged_maps(cams, inputs, batch["output"].tolist()).numpy()
         for (_, row), (gray, _), heat in zip(batch.iterrows(), loaded, heats, strict=True):
             rows.append(_write_one(row, gray, heat, out_dir, resize))
     index = pd.DataFrame(rows, columns=["key", "patient", "level", "rank", "probability", "label", "file", "heatmap"])

@@ -1,171 +1,151 @@
-"""The pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016) on phantom data:
-does the Grad-CAM peak of a correctly detected herniation fall on the herniated level?
+"""Do the maps point at the herniated level? Two scores of the true-positive top images against a truth
+(`eval.truth.ExplanationTruth`; on phantom data its truth.parquet).
 
-Ground truth is the phantom's `truth.parquet` (`hnp phantom`, format in docs/phantom.md): per image, each
-level's disc centre `<level>_x`, `<level>_y`, `<level>_half_width`, `<level>_half_height` and `<level>_angle`
-(levels spelled as LEVELS: `L4-5_x`) in the pixels of the written radiograph (`height` x `width`), and its
-manifest `row`, from which shard keys are made (`hnp.shard_format.sample_key`); the views of the shard samples
-are checked against the truth's to catch a truth file of another data set.
+- The pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016): a hit when the
+  map's peak falls in the level's region. Chance: the region's share of the image (a uniformly random peak).
+- The energy-based pointing game (Wang et al., "Score-CAM", CVPR workshops 2020, https://arxiv.org/abs/1910.01279):
+  the share of the map's mass inside the level's region. Chance: again the region's share of the image (a flat
+  map), so energy / chance says how many times more mass the region holds than a map that points nowhere.
 
-Counted images: the Grad-CAM top images (`gradcam/index.csv`) that are true positives at their level (label 1
-and bagged image probability >= the level's threshold).
-
-Level region (a hit): a box rotated with the disc, centred on the disc centre, as wide as the disc (half-width
-across), and reaching half-way to the neighbouring disc centres along the spine (half-height = half the distance
-to the nearest other disc centre). The five level regions tile the lumbar spine without overlapping, so a hit
-means "the peak is nearer this disc than any other, and on the spine". A stricter figure uses the disc itself
-(the truth half-height). The chance rate is what a uniformly random peak would score: the region's share of
-the image area.
+Counted images: the top images of each level (`gradcam/index.csv`) that are true positives there (label 1 and
+bagged image probability >= the level's threshold) and in which the truth says the level's sign is visible.
+Regions are those of `eval.truth` (the level's box, tiling the spine; the disc box as the strict figure), scaled
+to the heatmap when the shards were downscaled. Figures are given per level and per view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from eval.truth import ExplanationTruth, LevelTruth
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
-from hnp.shard_format import sample_key
+from hnp.predictions import VIEW
 
-_FIELDS = ("x", "y", "half_width", "half_height", "angle")
-
-
-def read_truth(path: Path) -> pd.DataFrame:
-    """The phantom's truth table with a `key` column (shard key of the manifest row), checked for its columns."""
-    try:
-        truth = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for foreign files
-        raise HnpError(f"{path}: not a readable Parquet file: {err}") from err
-    needed = ["row", "view", "height", "width", *(f"{level}_{f}" for level in LEVELS for f in _FIELDS)]
-    missing = [column for column in needed if column not in truth]
-    if missing:
-        raise HnpError(f"{path}: not a phantom truth table (missing {', '.join(missing[:4])}); "
-                       "it is written by hnp phantom")
-    return truth.assign(key=[sample_key(int(row)) for row in truth["row"]])
+SCORE_COLUMNS = ("hit", "disc_hit", "spine_hit", "chance", "disc_chance", "energy", "energy_chance", "peak_x",
+                 "peak_y")
 
 
-def level_boxes(truth_row: pd.Series, level: str, scale: float) -> dict[str, Any]:
-    """A level's disc centre, axes and region half-extents, in the heatmap's pixels.
-
-    Args:
-        truth_row: one image's truth.
-        level: the level, e.g. "L4-5".
-        scale: heatmap size / truth image size (1 unless the shards were downscaled, which keeps the aspect).
-    """
-    centres = {lv: np.array([truth_row[f"{lv}_x"], truth_row[f"{lv}_y"]]) * scale for lv in LEVELS}
-    gaps = [np.linalg.norm(centres[level] - centres[other]) for other in LEVELS if other != level]
-    angle = np.radians(truth_row[f"{level}_angle"])
-    return {
-        "centre": centres[level],
-        "across": np.array([np.cos(angle), np.sin(angle)]),
-        "along": np.array([-np.sin(angle), np.cos(angle)]),
-        "half_width": truth_row[f"{level}_half_width"] * scale,
-        "disc_half_height": truth_row[f"{level}_half_height"] * scale,
-        "level_half_height": min(gaps) / 2.0,
-    }
-
-
-def inside(point: np.ndarray, box: dict[str, Any], half_height_key: str) -> bool:
-    """Whether an (x, y) point lies in the rotated box with the given half-height."""
-    offset = point - box["centre"]
-    return bool(abs(offset @ box["across"]) <= box["half_width"]
-                and abs(offset @ box["along"]) <= box[half_height_key])
-
-
-def pointing_game(index: pd.DataFrame, images: pd.DataFrame, thresholds: dict[str, float], truth_path: Path,
-                  gradcam_dir: Path) -> dict[str, Any]:
-    """Score the Grad-CAM peaks of the true-positive top images against the phantom truth.
+def counted_images(index: pd.DataFrame, thresholds: Mapping[str, float], truth: ExplanationTruth) -> pd.DataFrame:
+    """The index rows the scores count: level tasks only, true positives, sign visible.
 
     Args:
         index: gradcam/index.csv as a frame (key, level, probability, label, heatmap).
-        images: predictions_images (key, view), to check the truth belongs to these shards.
-        thresholds: the decision threshold per level (display names).
-        truth_path: the phantom's truth.parquet.
-        gradcam_dir: the folder the index's heatmap paths are relative to.
-
-    Returns:
-        overall and per-level counts, hit rates (level region, disc) and chance rates.
+        thresholds: the decision threshold per level.
+        truth: where each level's sign is visible.
     """
-    truth = read_truth(truth_path).set_index("key")
-    counted = index[index["level"].isin(LEVELS) & (index["label"] == 1)]
-    counted = counted[counted["probability"] >= counted["level"].map(thresholds)]
-    _check_same_data(counted["key"], images, truth, truth_path)
-    rows = [_score(row, truth.loc[row.key], gradcam_dir) for row in counted.itertuples()]
-    scored = pd.DataFrame(rows, columns=["level", "hit", "disc_hit", "spine_hit", "chance", "disc_chance"])
-    return _summarise(scored)
+    rows = index[index["level"].isin(LEVELS) & (index["label"] == 1)]
+    rows = rows[rows["probability"] >= rows["level"].map(thresholds)]
+    visible = [truth.levels(row.key)[row.level].visible for row in rows.itertuples()]
+    return rows[np.asarray(visible, dtype=bool)]
 
 
-def _check_same_data(keys: pd.Series, images: pd.DataFrame, truth: pd.DataFrame, truth_path: Path) -> None:
-    unknown = sorted(set(keys) - set(truth.index))
-    if unknown:
-        raise HnpError(f"{truth_path}: no truth row for sample {unknown[0]}: is it the phantom these shards came from?")
-    views = images.set_index("key").loc[keys.unique(), "view"]
-    mismatch = views[views != truth.loc[views.index, "view"]]
-    if not mismatch.empty:
-        key = mismatch.index[0]
-        raise HnpError(f"{truth_path}: sample {key} is a {mismatch.iloc[0]} view in the shards but "
-                       f"{truth.loc[key, 'view']} in the truth: is it the phantom these shards came from?")
+def score_maps(rows: pd.DataFrame, truth: ExplanationTruth, gradcam_dir: Path) -> pd.DataFrame:
+    """One row per counted image and level: the rows' own columns plus SCORE_COLUMNS.
+
+    Args:
+        rows: from `counted_images` (key, level, heatmap: a .npy path relative to `gradcam_dir`).
+        truth: the regions.
+        gradcam_dir: the folder the heatmap paths are relative to.
+    """
+    scores = [score_map(np.load(gradcam_dir / row.heatmap), truth.levels(row.key), row.level,
+                        truth.image_size(row.key), row.key) for row in rows.itertuples()]
+    return pd.concat([rows.reset_index(drop=True), pd.DataFrame(scores, columns=list(SCORE_COLUMNS))], axis=1)
 
 
-def _score(row: Any, truth_row: pd.Series, gradcam_dir: Path) -> dict[str, Any]:
-    heat = np.load(gradcam_dir / row.heatmap)
+def score_map(heat: np.ndarray, levels: Mapping[str, LevelTruth], level: str, truth_size: tuple[int, int],
+              key: str) -> dict[str, Any]:
+    """Pointing and energy scores of one heatmap for one level.
+
+    Args:
+        heat: (H, W) non-negative map on the radiograph (it may be a downscaled copy of the truth's image).
+        levels: the image's truth per level.
+        level: the level the map explains.
+        truth_size: (height, width) of the image the truth's pixels refer to.
+        key: the sample, for error messages.
+    """
     height, width = heat.shape
-    scale_x, scale_y = width / truth_row["width"], height / truth_row["height"]
+    scale_y, scale_x = height / truth_size[0], width / truth_size[1]
     if abs(scale_x / scale_y - 1.0) > 0.02:
-        raise HnpError(f"sample {row.key}: heatmap {width}x{height} does not keep the aspect of the truth image "
-                       f"{truth_row['width']}x{truth_row['height']}: is it the phantom these shards came from?")
-    boxes = {level: level_boxes(truth_row, level, (scale_x + scale_y) / 2.0) for level in LEVELS}
-    box = boxes[row.level]
+        raise HnpError(f"sample {key}: heatmap {width}x{height} does not keep the aspect of the truth image "
+                       f"{truth_size[1]}x{truth_size[0]}: is it the phantom these shards came from?")
+    scale = (scale_x + scale_y) / 2.0
+    region, disc = levels[level].region.scaled(scale), levels[level].disc.scaled(scale)
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = np.array([peak_x, peak_y], dtype=float)
-    area = float(height * width)
+    inside = region.mask(height, width)
+    mass = float(heat.sum())
     return {
-        "level": row.level,
-        "hit": inside(peak, box, "level_half_height"),
-        "disc_hit": inside(peak, box, "disc_half_height"),
-        "spine_hit": any(inside(peak, other, "level_half_height") for other in boxes.values()),
-        "chance": min(1.0, 4 * box["half_width"] * box["level_half_height"] / area),
-        "disc_chance": min(1.0, 4 * box["half_width"] * box["disc_half_height"] / area),
+        "hit": bool(region.contains(peak)[0]),
+        "disc_hit": bool(disc.contains(peak)[0]),
+        "spine_hit": any(bool(t.region.scaled(scale).contains(peak)[0]) for t in levels.values()),
+        "chance": float(inside.mean()),
+        "disc_chance": float(disc.mask(height, width).mean()),
+        "energy": float(heat[inside].sum()) / mass if mass > 0 else 0.0,  # an empty map holds nothing anywhere
+        "energy_chance": float(inside.mean()),
+        "peak_x": int(peak_x), "peak_y": int(peak_y),
     }
 
 
-def _summarise(scored: pd.DataFrame) -> dict[str, Any]:
-    def figures(part: pd.DataFrame) -> dict[str, float | int]:
-        n = len(part)
-        return {
-            "n": n, "hits": int(part["hit"].sum()), "hit_rate": float(part["hit"].mean()) if n else float("nan"),
-            "chance_rate": float(part["chance"].mean()) if n else float("nan"),
-            "disc_hit_rate": float(part["disc_hit"].mean()) if n else float("nan"),
-            "disc_chance_rate": float(part["disc_chance"].mean()) if n else float("nan"),
-            "spine_rate": float(part["spine_hit"].mean()) if n else float("nan"),
-        }
+def summarise(scored: pd.DataFrame) -> dict[str, Any]:
+    """Overall, per-level and per-view figures: n, hits, hit/chance rates, energy share and its chance."""
+    return {
+        "overall": _figures(scored),
+        "levels": {level: _figures(scored[scored["level"] == level]) for level in LEVELS},
+        "views": {str(view): _figures(part) for view, part in scored.groupby(VIEW, sort=True)},
+    }
 
-    return {"overall": figures(scored),
-            "levels": {level: figures(scored[scored["level"] == level]) for level in LEVELS}}
+
+def _figures(part: pd.DataFrame) -> dict[str, float | int]:
+    def mean(column: str) -> float:
+        return float(part[column].mean()) if len(part) else float("nan")
+
+    energy, energy_chance = mean("energy"), mean("energy_chance")
+    return {
+        "n": len(part), "hits": int(part["hit"].sum()), "hit_rate": mean("hit"), "chance_rate": mean("chance"),
+        "disc_hit_rate": mean("disc_hit"), "disc_chance_rate": mean("disc_chance"), "spine_rate": mean("spine_hit"),
+        "energy": energy, "energy_chance": energy_chance,
+        "energy_ratio": energy / energy_chance if len(part) and energy_chance > 0 else float("nan"),
+    }
 
 
 def pointing_markdown(result: dict[str, Any]) -> str:
-    """The report.md section: the definition in one paragraph and the figures per level."""
+    """The report.md section: the definitions in one paragraph, the figures per level and per view."""
     overall = result["overall"]
     lines = [
-        f"Share of true-positive Grad-CAM top images whose heatmap peak falls in the positive level's region: "
+        f"Share of true-positive top images whose map peak falls in the positive level's region: "
         f"**{_rate(overall['hit_rate'])}** ({overall['hits']} of {overall['n']}; a random peak would score "
-        f"{_rate(overall['chance_rate'])}). Region: a box along the disc, as wide as the disc and reaching half-way "
-        "to the neighbouring disc centres; inside the disc itself: "
+        f"{_rate(overall['chance_rate'])}); share of the map's mass in that region: **{_rate(overall['energy'])}**, "
+        f"{_ratio(overall['energy_ratio'])} its chance. Region: a box along the disc, as wide as the disc and reaching "
+        "half-way to the neighbouring disc centres; inside the disc itself: "
         f"{_rate(overall['disc_hit_rate'])} (chance {_rate(overall['disc_chance_rate'])}). Peaks in any of the "
-        f"five level regions (on the lumbar spine at all): {_rate(overall['spine_rate'])}. See `eval/pointing.py`.",
+        f"five level regions (on the lumbar spine at all): {_rate(overall['spine_rate'])}. Counted: images whose "
+        "level sign the truth marks visible. See `eval/pointing.py`.",
         "",
-        "| Level | True-positive top images | Hit rate | Chance | Disc hit rate | Disc chance | On the spine |",
-        "|---|---|---|---|---|---|---|",
+        _table("Level", result["levels"]),
+        "",
+        _table("View", result["views"]),
     ]
-    for level, f in result["levels"].items():
-        lines.append(f"| {level} | {f['n']} | {_rate(f['hit_rate'])} | {_rate(f['chance_rate'])} "
-                     f"| {_rate(f['disc_hit_rate'])} | {_rate(f['disc_chance_rate'])} | {_rate(f['spine_rate'])} |")
+    return "\n".join(lines)
+
+
+def _table(first: str, groups: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [f"| {first} | True-positive top images | Hit rate | Chance | Energy share | × chance | Disc hit rate "
+             "| On the spine |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {f['n']} | {_rate(f['hit_rate'])} | {_rate(f['chance_rate'])} | {_rate(f['energy'])} "
+              f"| {_ratio(f['energy_ratio'])} | {_rate(f['disc_hit_rate'])} | {_rate(f['spine_rate'])} |"
+              for name, f in groups.items()]
     return "\n".join(lines)
 
 
 def _rate(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.1%}"
+
+
+def _ratio(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.1f}×"

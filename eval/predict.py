@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from eval import bagging
-from eval.gradcam import GradCAM, export_gradcam
-from eval.run_eval import eval_data_config, gradcam_targets, load_folds, predict_folds, read_oof, resolve_device
+from eval.gradcam import DEFAULT_METHOD, ClassActivationMap, export_gradcam, map_targets, resolve_layers
+from eval.run_eval import eval_data_config, load_folds, predict_folds, read_oof, resolve_device
 from hnp.errors import HnpError
 from hnp.levels import VIEWS, view_id
 from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
@@ -43,7 +43,7 @@ def read_radiograph(path: Path) -> np.ndarray:
 
 @torch.no_grad()
 def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = None, threshold: str = "fold-mean",
-                    device: str = "auto", gradcam_dir: Path | None = None,
+                    device: str = "auto", gradcam_dir: Path | None = None, gradcam_method: str = DEFAULT_METHOD,
                     gradcam_layer: str | None = None, views: Sequence[str] | None = None) -> dict[str, Any]:
     """Bagged per-patient prediction for one patient's images (fused into one study for a fusion run).
 
@@ -54,7 +54,8 @@ def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = Non
         threshold: `fold-mean` or `fixed:X` (`youden-oof` needs the training shards: use `hnp eval`).
         device: auto, cpu or cuda.
         gradcam_dir: where to write one Grad-CAM heatmap per image and level; None = no Grad-CAM.
-        gradcam_layer: Grad-CAM layer (default: the last convolution layer).
+        gradcam_method: the map method (`eval.gradcam.METHODS`).
+        gradcam_layer: the map's layer(s) (`eval.gradcam.resolve_layers`; default: auto).
         views: the view of each image, in order (AP, LAT, ...): needed by a fusion run, unused otherwise.
 
     Returns:
@@ -94,7 +95,7 @@ def predict_patient(run: Path, paths: Sequence[Path], *, age: float | None = Non
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
     thresholds = bagging.resolve_thresholds(rule, per_fold, None, task)
     if gradcam_dir is not None:
-        write_gradcam(folds, images, grays, inputs, gradcam_dir, data.resize, gradcam_layer)
+        write_gradcam(folds, images, grays, inputs, gradcam_dir, data.resize, gradcam_method, gradcam_layer)
     return {
         "task": task, "n_images": len(grays), "folds": [f.fold for f in folds], "threshold_rule": threshold,
         "fusion": fusion, **study,
@@ -141,16 +142,17 @@ def fused_study(folds: Sequence[Any], inputs: torch.Tensor, view_ids: list[int],
 
 
 def write_gradcam(folds: Sequence[Any], images: pd.DataFrame, grays: Sequence[np.ndarray], inputs: torch.Tensor,
-                  out_dir: Path, resize: str, layer: str | None) -> pd.DataFrame:
-    """One bagged Grad-CAM per image and level into `out_dir` (index.csv; label is -1: unknown)."""
+                  out_dir: Path, resize: str, method: str, layer: str | None) -> pd.DataFrame:
+    """One bagged map per image and level into `out_dir` (index.csv; label is -1: unknown)."""
     rows = [
         {"key": key, "patient": "", "level": target, "output": output, "rank": i + 1,
          "probability": float(images.loc[i, prob_column(target)]), "label": -1}
-        for target, output in gradcam_targets(folds[0].config.model.task).items()
+        for target, output in map_targets(folds[0].config.model.task).items()
         for i, key in enumerate(images[KEY])
     ]
     by_key = {key: (gray, inputs[i].numpy()) for i, (key, gray) in enumerate(zip(images[KEY], grays, strict=True))}
-    cams = [GradCAM(fold.model, layer) for fold in folds]
+    layers = resolve_layers(folds[0].model, layer, tuple(inputs.shape[1:]))
+    cams = [ClassActivationMap(fold.model, method, layers) for fold in folds]
     return export_gradcam(cams, pd.DataFrame(rows), by_key.__getitem__, out_dir, resize=resize)
 
 

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from eval.gradcam import add_map_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="the patient's radiographs (JPEG)")
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", default="fold-mean", metavar="RULE",
                         help="fold-mean or fixed:X (default: %(default)s)")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM heatmap per image and level")
-    parser.add_argument("--gradcam-layer", metavar="NAME", help="Grad-CAM layer (default: the last convolution)")
+    add_map_arguments(parser)
     parser.add_argument("--views", type=lambda text: text.split(","), metavar="V1,V2,...",
                         help="each image's view in order (AP, LAT, OBL_L, OBL_R, FLEX, EXT, OTHER): a fusion run "
                              "scores the images together as one study")
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.predict import format_table, predict_patient
 
     result = predict_patient(args.run_dir, args.images, age=args.age, threshold=args.threshold, device=args.device,
-                             gradcam_dir=args.gradcam, gradcam_layer=args.gradcam_layer, views=args.views)
+                             gradcam_dir=args.gradcam, gradcam_method=args.gradcam_method,
+                             gradcam_layer=args.gradcam_layer, views=args.views)
     print(format_table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0

@@ -46,7 +46,7 @@ def write_metrics(table: pd.DataFrame, out_dir: Path, meta: Mapping[str, Any]) -
     # to_dict keeps each column's type (iterrows would make the counts floats)
     per_target = {name: {key: _json_number(value) for key, value in row.items()}
                   for name, row in table.to_dict(orient="index").items()}
-    document = _json_safe({**meta, "metrics": per_target})
+    document = json_safe({**meta, "metrics": per_target})
     atomic_write_text(out_dir / "metrics.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
@@ -56,12 +56,12 @@ def _json_number(value: Any) -> float | int | None:
     return None if math.isnan(float(value)) else float(value)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN (an undefined metric or threshold) as null, so metrics.json is standard JSON."""
     if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
+        return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
         return _json_number(value)
     return value

@@ -1,13 +1,15 @@
 """`hnp eval`: the fold models of a run predict the test split, bagged per patient, scored and reported.
 
     hnp eval --run runs/tiny --shards shards --out reports/tiny [--threshold fold-mean] [--gradcam-top 300]
-             [--truth data/phantom/truth.parquet] [--calibrate platt|isotonic] [--prevalence 0.1]
+             [--gradcam-method layercam] [--gradcam-layer auto] [--truth data/phantom/truth.parquet]
+             [--calibrate platt|isotonic] [--prevalence 0.1]
 
 Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each
 batch, no augmentation; on a GPU under the run's autocast, bf16 by default, on the CPU in float32). Bagging,
 per-patient means and thresholds follow `eval.bagging`; the files are those of the report contract (DESIGN.md):
 predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, report.html, roc.png, pr.png,
-calibration.png, operating_points.csv and gradcam/. Calibration and operating points: `eval.clinical`.
+calibration.png, operating_points.csv, gradcam/ and explanations/ (the maps and their checks: `eval.explain`).
+Calibration and operating points: `eval.clinical`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from tqdm import tqdm
 
 from eval import bagging, report
 from eval.clinical import ClinicalOptions, clinical_evaluation
+from eval.explain import ExplainOptions, Explanations, explain_test_set, explanation_json, explanation_sections
 from eval.fusion_eval import FILMS_TABLE, STUDIES_TABLE, film_weights, read_study_meta, weights_markdown
-from eval.gradcam import GradCAM, export_gradcam, select_top
+from eval.gradcam import DEFAULT_METHOD
 from eval.html_report import write_html_report
 from eval.metrics import metrics_table
 from eval.operating_points import parse_prevalence
-from eval.samples import GrayImages, read_sample_meta
+from eval.samples import read_sample_meta
 from hnp.config import DataConfig
 from hnp.errors import HnpError
 from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
@@ -51,8 +54,10 @@ class EvalOptions:
     out: Path
     threshold: str = "fold-mean"
     gradcam_top: int = 300
+    gradcam_method: str = DEFAULT_METHOD
     gradcam_layer: str | None = None
     truth: Path | None = None
+    explain_checks: int = 20
     bootstrap: int = 1000
     seed: int = 0
     calibrate: str | None = None
@@ -260,28 +265,11 @@ def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, ru
         return None
 
 
-def gradcam_targets(task: str) -> dict[str, int]:
-    """Targets that get Grad-CAM lists (the model's own; the derived "any" has no logit): target -> output."""
-    return {target: output for output, target in enumerate(model_targets(task))}
-
-
-def run_gradcam(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars: Sequence[Path], data: DataConfig,
-                options: EvalOptions, device: torch.device) -> pd.DataFrame:
-    """Grad-CAM of the top-K test images per level into `<out>/gradcam/`; returns its index (+ the layer name)."""
-    from pipeline import preprocess
-
-    selection = select_top(images, gradcam_targets(folds[0].config.model.task), options.gradcam_top)
-    grays = GrayImages(tars, selection["key"].unique())
-
-    def load(key: str) -> tuple[np.ndarray, np.ndarray]:
-        gray = grays[key]
-        return gray, preprocess(gray, data)
-
-    cams = [GradCAM(fold.model, options.gradcam_layer) for fold in folds]
-    log.info("Grad-CAM at layer %s of %d fold model(s), %d heatmaps", cams[0].layer_name, len(cams), len(selection))
-    index = export_gradcam(cams, selection, load, options.out / "gradcam", resize=data.resize,
-                           batch_size=data.batch_size)
-    return index.assign(layer=cams[0].layer_name)
+def explain_options(options: EvalOptions) -> ExplainOptions:
+    """The explanation step's options from `hnp eval`'s."""
+    return ExplainOptions(out=options.out, top=options.gradcam_top, method=options.gradcam_method,
+                          layer=options.gradcam_layer, truth=options.truth, checks=options.explain_checks,
+                          seed=options.seed)
 
 
 def run_eval(options: EvalOptions) -> dict[str, Any]:
@@ -342,18 +330,13 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     report.write_metrics(table, options.out, meta_json)
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
 
-    gradcam_index = None
+    explained = None
     if options.gradcam_top > 0 and fusion != "none":
         log.warning("Grad-CAM of a fusion model's fused prediction is not built yet: no gradcam/ for this run")
     elif options.gradcam_top > 0:
-        gradcam_index = run_gradcam(folds, images, tars, data, options, device)
-    pointing = None
-    if options.truth is not None and gradcam_index is not None:
-        from eval.pointing import pointing_game
-
-        pointing = pointing_game(gradcam_index, images, thresholds, options.truth, options.out / "gradcam")
-    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images),
-                               clinical.sections, ceiling)
+        explained = explain_test_set(folds, images, tars, data, thresholds, explain_options(options))
+    sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections,
+                               ceiling)
     if films is not None:
         sections["Film weights per view (fusion)"] = weights_markdown(films)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
@@ -361,13 +344,14 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     if options.wandb:
         log_metrics_to_wandb(folds[0].config, table, options.out)
     log.info("wrote %s", options.out)
-    return {**meta_json, "metrics": table.to_dict(orient="index"), "pointing_game": pointing}
+    return {**meta_json, "metrics": table.to_dict(orient="index"),
+            "explanations": explanation_json(explained) if explained is not None else None}
 
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
-                    folds: Sequence[FoldCheckpoint], options: EvalOptions, pointing: dict[str, Any] | None,
-                    gradcam_index: pd.DataFrame | None, n_images: int,
-                    clinical_sections: dict[str, str], ceiling: dict[str, Any] | None = None) -> dict[str, str]:
+                    folds: Sequence[FoldCheckpoint], options: EvalOptions, explained: Explanations | None,
+                    n_images: int, clinical_sections: dict[str, str],
+                    ceiling: dict[str, Any] | None = None) -> dict[str, str]:
     """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's, the phantom's
     ceiling (`phantom_ceiling`) follows them."""
     task = folds[0].config.model.task
@@ -393,12 +377,8 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
             "Each fold's out-of-fold validation predictions at that fold's own Youden-J thresholds.\n\n"
             + report.cv_table_markdown(oof, thresholds, task)
         )
-    if gradcam_index is not None:
-        sections["Grad-CAM"] = gradcam_summary(gradcam_index, options.gradcam_top)
-    if pointing is not None:
-        from eval.pointing import pointing_markdown
-
-        sections["Pointing game (phantom ground truth)"] = pointing_markdown(pointing)
+    if explained is not None:
+        sections.update(explanation_sections(explained))
     return sections
 
 
@@ -413,17 +393,6 @@ def phantom_ceiling(truth: Path | None, images: pd.DataFrame, patients: pd.DataF
         log.warning("%s: no %s beside it, so the report has no phantom ceiling", truth, ceiling["missing"])
     return ceiling
 
-
-def gradcam_summary(index: pd.DataFrame, top: int) -> str:
-    """A paragraph on what gradcam/ holds."""
-    counts = index.groupby("level", sort=False).agg(images=("key", "size"), positives=("label", "sum"))
-    lines = ["| Level | Heatmaps | Of which HNP |", "|---|---|---|"]
-    lines += [f"| {level} | {row.images} | {row.positives} |" for level, row in counts.iterrows()]
-    return (
-        f"Top {top} test images per level by bagged probability (ties by key), heatmap = mean of the fold "
-        f"models' Grad-CAM at layer `{index['layer'].iloc[0] if len(index) else '-'}`, in `gradcam/` "
-        "(overlays .png, float32 heatmaps .npy at image resolution, index.csv).\n\n" + "\n".join(lines)
-    )
 
 
 def log_metrics_to_wandb(cfg: Any, table: pd.DataFrame, out: Path) -> None:

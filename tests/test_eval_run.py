@@ -15,10 +15,8 @@ import torch
 from support.runs import build_phantom_shards, build_run, tiny_config
 from support.wandb_files import completed_run_records
 
-from eval.pointing import inside, level_boxes, pointing_game, pointing_markdown, read_truth
 from hnp.cli import main
 from hnp.config import load_config
-from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.predictions import label_column, pred_column, prob_column
 from phantom.ceiling import ceiling_auc, read_ceiling
@@ -107,6 +105,20 @@ def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -
     assert not [pid for pid in raw_ids if pid.encode() in blob]
 
 
+def test_explanations_name_their_method_and_run_their_checks(report: Path) -> None:
+    """The default maps (layercam at the auto layer: blocks.1 at this run's 64 px) are named in the report and in
+    explanations.json, with the deletion and randomization checks per level; the pointing games ran on the truth."""
+    text = (report / "report.md").read_text()
+    assert "**layercam at blocks.1**" in text and "Faithfulness and randomization checks" in text
+    found = json.loads((report / "explanations.json").read_text())
+    assert found["maps"] == "layercam at blocks.1" and found["top"] == 3
+    assert set(found["deletion"]["levels"]) == set(LEVELS) and found["deletion"]["overall"]["n"] == 15
+    assert set(found["sanity"]["levels"]) == set(LEVELS)
+    assert found["pointing"] is not None and set(found["pointing"]["levels"]) == set(LEVELS)
+    for level, figure in found["figures"].items():
+        assert (report / figure).read_bytes().startswith(b"\x89PNG"), level
+
+
 def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: Path, world: dict[str, Path]) -> None:
     metrics = json.loads((report / "metrics.json").read_text())
     ceiling = read_ceiling(world["phantom"] / "ceiling.json")
@@ -120,48 +132,6 @@ def test_eval_with_truth_reports_the_model_beside_the_phantoms_ceiling(report: P
         assert scopes["patient"]["model"] == (None if per_patient is None else pytest.approx(per_patient)), target
     assert "## Phantom ceiling" in (report / "report.md").read_text()
 
-
-def test_a_truth_table_of_the_old_spelling_is_refused_by_name(tmp_path: Path) -> None:
-    old = pd.DataFrame({"view": ["AP"], "height": [128], "width": [100], "L1_2_x": [50.0], "L1_2_y": [20.0]})
-    old.to_parquet(tmp_path / "truth.parquet")
-    with pytest.raises(HnpError, match=r"truth.parquet: not a phantom truth table \(missing row, L1-2_x, L1-2_y"):
-        read_truth(tmp_path / "truth.parquet")
-
-
-def test_pointing_regions_tile_the_spine(world: dict[str, Path]) -> None:
-    truth = read_truth(world["truth"]).iloc[0]
-    for level in LEVELS:
-        box = level_boxes(truth, level, 1.0)
-        assert inside(box["centre"], box, "disc_half_height")
-        others = [level_boxes(truth, o, 1.0) for o in LEVELS if o != level]
-        assert not any(inside(box["centre"], other, "level_half_height") for other in others)
-
-
-@pytest.mark.parametrize(("shift", "hit_rate"), [(0, 1.0), (1, 0.0)])
-def test_pointing_game_scores_planted_peaks(world: dict[str, Path], tmp_path: Path, shift: int,
-                                            hit_rate: float) -> None:
-    """Heatmaps peaking at the target disc's centre all hit; peaking at the next disc, none do, yet all are on
-    the spine. Heatmaps at half the truth resolution check the scaling to downscaled shards."""
-    truth = read_truth(world["truth"]).head(8)
-    rows = []
-    for i, (_, t) in enumerate(truth.iterrows()):
-        level = i % 4
-        heat = np.zeros((t["height"] // 2, t["width"] // 2), np.float32)
-        peak_level = LEVELS[level + shift]
-        heat[int(t[f"{peak_level}_y"] / 2), int(t[f"{peak_level}_x"] / 2)] = 1.0
-        np.save(tmp_path / f"{t['key']}.npy", heat)
-        rows.append({"key": t["key"], "level": LEVELS[level], "probability": 0.9, "label": 1,
-                     "heatmap": f"{t['key']}.npy"})
-    rows.append({**rows[0], "label": 0})  # not a true positive: not counted
-    images = truth[["key", "view"]]
-    result = pointing_game(pd.DataFrame(rows), images, dict.fromkeys(LEVELS, 0.5), world["truth"], tmp_path)
-    assert result["overall"]["n"] == 8
-    assert result["overall"]["hit_rate"] == hit_rate and result["overall"]["spine_rate"] == 1.0
-    assert 0 < result["overall"]["chance_rate"] < 0.2
-    assert "**" + f"{hit_rate:.1%}" + "**" in pointing_markdown(result)
-    with pytest.raises(HnpError, match="view in the shards"):
-        pointing_game(pd.DataFrame(rows), images.assign(view="OTHER"), dict.fromkeys(LEVELS, 0.5), world["truth"],
-                      tmp_path)
 
 
 def test_predict_agrees_with_eval_for_a_test_patient(report: Path, world: dict[str, Path],
