@@ -2,6 +2,7 @@
 
     hnp predict --run runs/tiny xray_ap.jpg xray_lat.jpg
     hnp predict --run runs/paper --age 54 --gradcam gradcam_out/ *.jpg > result.json
+    hnp predict --run runs/fusion --views AP,LAT,FLEX,EXT ap.jpg lat.jpg flex.jpg ext.jpg   # a fusion run
 
 Prints a table (stderr) and the result as JSON (stdout): per level, and for "any", the probability (mean over
 the fold models, then over the images), the threshold (mean of the folds' Youden-J thresholds unless
@@ -28,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold-mean or fixed:X (default: %(default)s)")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM heatmap per image and level")
     add_map_arguments(parser)
+    parser.add_argument("--views", type=lambda text: text.split(","), metavar="V1,V2,...",
+                        help="each image's view in order (AP, LAT, OBL_L, OBL_R, FLEX, EXT, OTHER): a fusion run "
+                             "scores the images together as one study")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
 
 
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = predict_patient(args.run_dir, args.images, age=args.age, threshold=args.threshold, device=args.device,
                              gradcam_dir=args.gradcam, gradcam_method=args.gradcam_method,
-                             gradcam_layer=args.gradcam_layer)
+                             gradcam_layer=args.gradcam_layer, views=args.views)
     print(format_table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from eval import bagging, report
 from eval.clinical import ClinicalOptions, clinical_evaluation
 from eval.explain import ExplainOptions, Explanations, explain_test_set, explanation_json, explanation_sections
+from eval.fusion_eval import FILMS_TABLE, STUDIES_TABLE, film_weights, read_study_meta, weights_markdown
 from eval.gradcam import DEFAULT_METHOD
 from eval.html_report import write_html_report
 from eval.metrics import metrics_table
@@ -87,6 +88,9 @@ def load_folds(run_dir: Path) -> list[FoldCheckpoint]:
         if fold.config.model.task != first.config.model.task:
             raise HnpError(f"{run_dir}: fold {fold.fold} has task {fold.config.model.task}, "
                            f"fold {first.fold} has {first.config.model.task}")
+        if fold.fusion != first.fusion:
+            raise HnpError(f"{run_dir}: fold {fold.fold} has model.fusion {fold.fusion}, fold {first.fold} has "
+                           f"{first.fusion}")
         if replace(fold.config.data, augment=first.config.data.augment) != first.config.data:
             raise HnpError(f"{run_dir}: fold {fold.fold} was trained with other data settings than fold {first.fold}")
         if fold.dataset != first.dataset:
@@ -137,8 +141,9 @@ def eval_amp(folds: Sequence[FoldCheckpoint], device: torch.device) -> str:
 @torch.no_grad()
 def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, Any]], device: torch.device,
                   total: int | None = None) -> pd.DataFrame:
-    """Each fold model's probability for each image: one row per key, `prob_fold<k>_<target>` columns, plus
-    `pred_age` (the folds' mean, in years) for levels_age. `hnp eval` and `hnp predict` both predict here.
+    """Each fold model's probability for each image (study, for a fusion run): one row per key,
+    `prob_fold<k>_<target>` columns, plus `pred_age` (the folds' mean, in years) for levels_age. `hnp eval` and
+    `hnp predict` both predict here.
 
     Every batch goes through every fold model, so each model sees each image exactly once, under `eval_amp`.
 
@@ -148,6 +153,7 @@ def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, A
         device: where to run the models.
         total: the number of batches, for the progress bar.
     """
+    from train.fusion import model_inputs
     from train.loop import autocast
 
     task, amp = folds[0].config.model.task, eval_amp(folds, device)
@@ -158,12 +164,12 @@ def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, A
     for fold in folds:
         fold.model.to(device)
     for batch in tqdm(batches, desc="predict", unit="batch", total=total, disable=total is not None and total < 2):
-        images = batch["image"].to(device, non_blocking=True)
+        inputs = model_inputs(batch, device)  # (images,), or (films, views, mask) of a study batch
         keys.extend(batch["key"])
         batch_ages = []
         for fold in folds:
             with autocast(amp, device):
-                outputs = fold.model(images)
+                outputs = fold.model(*inputs)
             fold_probs, fold_age = outputs_to_predictions(outputs, task)
             probs[fold.fold].append(fold_probs.cpu())
             batch_ages += [] if fold_age is None else [fold_age.cpu()]
@@ -209,12 +215,10 @@ def read_oof(run_dir: Path, folds: Sequence[FoldCheckpoint]) -> dict[int, pd.Dat
     return frames
 
 
-def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str) -> pd.DataFrame:
-    """Pooled out-of-fold predictions of all folds, aggregated per patient like the test set (for youden-oof)."""
-    from pipeline import split_shards
-
-    tars = split_shards(shards, [fold_split(k) for k in sorted(oof)])
-    patients = read_sample_meta(tars)[[KEY, PATIENT]]
+def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str, fusion: str = "none") -> pd.DataFrame:
+    """Pooled out-of-fold predictions of all folds (per image, or per study for a fusion run), aggregated per
+    patient like the test set (for youden-oof)."""
+    patients = eval_meta(shards, [fold_split(k) for k in sorted(oof)], fusion)[[KEY, PATIENT]]
     pooled = pd.concat(oof.values(), ignore_index=True).merge(patients, on=KEY, how="left")
     if pooled[PATIENT].isna().any():
         raise HnpError(f"val_predictions hold keys not in the fold shards of {shards}, e.g. "
@@ -222,8 +226,29 @@ def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str) -> pd.Da
     return add_any(bagging.patient_means(pooled, model_targets(task)), task)
 
 
-def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, rule: Any,
-                   task: str) -> pd.DataFrame | None:
+def eval_meta(shards: Path, splits: Sequence[str], fusion: str) -> pd.DataFrame:
+    """The rows a run predicts in the named splits: images (`eval.samples.read_sample_meta`), or studies
+    (`eval.fusion_eval.read_study_meta`) for a fusion run."""
+    if fusion == "none":
+        from pipeline import split_shards
+
+        return read_sample_meta(split_shards(shards, list(splits)))
+    return read_study_meta(shards, splits)
+
+
+def eval_loader(data: DataConfig, shards: Path, fusion: str, device: torch.device) -> Any:
+    """The test split's evaluation loader: image batches, or study batches (all films of each) for a fusion run."""
+    if fusion == "none":
+        from pipeline import build_loader, split_shards
+
+        return build_loader(data, split_shards(shards, [TEST_SPLIT]), training=False, device=str(device))
+    from pipeline.studies import build_study_loader, read_studies
+
+    return build_study_loader(data, read_studies(shards, [TEST_SPLIT]), training=False, device=str(device))
+
+
+def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, rule: Any, task: str,
+                   fusion: str = "none") -> pd.DataFrame | None:
     """The per-patient out-of-fold predictions, or None where the run lacks them.
 
     youden-oof and --calibrate need them; for the other rules they only add the report's cross-validation
@@ -232,7 +257,7 @@ def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, ru
     if not oof:
         return None
     try:
-        return oof_patients(oof, options.shards, task)
+        return oof_patients(oof, options.shards, task, fusion)
     except HnpError as error:
         if rule.kind == "youden-oof" or options.calibrate:
             raise
@@ -253,11 +278,11 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     Args:
         options: the run, shards and output folders and the evaluation choices.
     """
-    from pipeline import build_loader, split_shards
+    from pipeline import split_shards
 
     rule = bagging.parse_threshold_rule(options.threshold)
     folds = load_folds(options.run)
-    task = folds[0].config.model.task
+    task, fusion = folds[0].config.model.task, folds[0].fusion
     parse_prevalence(options.prevalence, report_targets(task))  # a bad --prevalence fails before the long pass
     oof = read_oof(options.run, folds)
     if options.calibrate and oof is None:
@@ -269,16 +294,16 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
     check_same_shards(folds, options.shards)
     tars = split_shards(options.shards, [TEST_SPLIT])
-    meta = read_sample_meta(tars)
+    meta = eval_meta(options.shards, [TEST_SPLIT], fusion)
     if meta.empty:
         raise HnpError(f"{options.shards}: the test split holds no samples")
-    loader = build_loader(data, tars, training=False, device=str(device))
+    loader = eval_loader(data, options.shards, fusion, device)
     predicted = predict_folds(folds, loader, device, total=len(loader))
     check_each_once(predicted, meta)
     images = image_frame(meta, predicted, [f.fold for f in folds], task)
 
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
-    oof_by_patient = oof_for_report(oof, options, rule, task)
+    oof_by_patient = oof_for_report(oof, options, rule, task, fusion)
     thresholds = bagging.resolve_thresholds(rule, per_fold, oof_by_patient, task)
     patients = bagging.add_decisions(add_any(bagging.patient_means(images, model_targets(task)), task), thresholds,
                                      task)
@@ -287,13 +312,18 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         options.calibrate, options.prevalence, options.calibration_bins, options.bootstrap, options.seed), options.out)
     patients, table = clinical.patients, table.join(clinical.columns)
 
-    images.to_parquet(options.out / "predictions_images.parquet", index=False)
+    images.to_parquet(options.out / ("predictions_images.parquet" if fusion == "none" else STUDIES_TABLE), index=False)
+    films = None
+    if fusion != "none":
+        films = film_weights(folds, eval_loader(data, options.shards, fusion, device), device, eval_amp(folds, device))
+        films.to_parquet(options.out / FILMS_TABLE, index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
     ceiling = phantom_ceiling(options.truth, images, patients)
     meta_json = {
         "run": options.run.name, "task": task, "folds": [f.fold for f in folds], "threshold_rule": options.threshold,
         "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
-        "unit": "patient", "n_images": len(images), "n_patients": len(patients),
+        "unit": "patient", "fusion": fusion, ("n_images" if fusion == "none" else "n_studies"): len(images),
+        "n_patients": len(patients),
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
         **clinical.document, "ceiling": ceiling,
     }
@@ -301,10 +331,14 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
 
     explained = None
-    if options.gradcam_top > 0:
+    if options.gradcam_top > 0 and fusion != "none":
+        log.warning("Grad-CAM of a fusion model's fused prediction is not built yet: no gradcam/ for this run")
+    elif options.gradcam_top > 0:
         explained = explain_test_set(folds, images, tars, data, thresholds, explain_options(options))
     sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections,
                                ceiling)
+    if films is not None:
+        sections["Film weights per view (fusion)"] = weights_markdown(films)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
     write_html_report(options.out)
     if options.wandb:

@@ -62,6 +62,9 @@ class DataConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Study batches (model.fusion other than "none"), training only: the probability of leaving each film of a study
+    # out of an epoch's batch (at least one film always stays), so that the model learns to fuse any subset of views.
+    view_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("data.resize", self.resize, ("stretch", "pad"))
@@ -70,10 +73,15 @@ class DataConfig:
         _check_choice("data.channels", self.channels, (1, 3))
         _check_positive("data.image_size", self.image_size)
         _check_positive("data.batch_size", self.batch_size)
+        if not 0.0 <= self.view_dropout < 1.0:
+            raise HnpError(f"data.view_dropout: expected a probability in [0, 1), got {self.view_dropout}")
         if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean) or min(self.std) <= 0:
             raise HnpError(
                 f"data.mean/data.std: expected 1 or 3 values each, std positive; got {self.mean}, {self.std}"
             )
+
+
+FUSION_MODES: tuple[str, ...] = ("none", "mean", "attention")
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,18 @@ class ModelConfig:
     age_loss_weight: float = 0.1  # weight of the age regression loss in "levels_age"
     pos_weight: tuple[float, ...] | None = None  # per-level BCE pos_weight, LEVELS order
     drop_rate: float = 0.4
+    # Multi-view fusion (train/fusion.py): "none" scores each film alone (the paper's model); "mean" and
+    # "attention" score a study from all its films, pooled by their mean or by learned attention weights.
+    fusion: str = "none"
+    fusion_dim: int = 256  # width of the film tokens the fusion head pools
+    fusion_layers: int = 1  # "attention": self-attention layers across a study's films before the pooling
 
     def __post_init__(self) -> None:
         _check_choice("model.task", self.task, ("any", "levels", "levels_age"))
+        _check_choice("model.fusion", self.fusion, FUSION_MODES)
+        _check_positive("model.fusion_dim", self.fusion_dim)
+        if self.fusion_layers < 0:
+            raise HnpError(f"model.fusion_layers: must be 0 or more, got {self.fusion_layers}")
         if self.pos_weight is not None and len(self.pos_weight) != 5:
             raise HnpError(f"model.pos_weight: expected 5 values (one per level), got {len(self.pos_weight)}")
 

@@ -7,6 +7,7 @@ record, and the `dataset.json` document beside the shards. `sharding/` writes th
     fields = split_label_vector(batch_vectors)            # {"labels": (N, 5), "any": (N,), "age": (N,)}
     meta = SampleMeta.from_json(data, where="fold0-000000.tar: sample r0000042")
     dataset = read_dataset("shards")                      # dataset.json, its version, levels and folds checked
+    studies = dataset.split_studies(["fold0"])            # the study index: each study's films and their views
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ _SOURCE_INFO = re.compile(r"(?P<shard>\S+\.tar):\d+:(?P<key>[^\s.:]+)\.\w+")
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 DATASET_FILE = "dataset.json"
-SCHEMA_VERSION = 2  # 2: LEVELS spelling ("L1-2") in label_vector and positives; 1 used "L1_2"
+# 3: a study index per split (`<split>/studies.json`, listed in the split's "studies" entry); the tars are as in 2.
+# 2: LEVELS spelling ("L1-2") in label_vector and positives; 1 used "L1_2".
+SCHEMA_VERSION = 3
+IMAGE_LEVEL_VERSIONS = (2,)  # older versions still read for image-level work: their tars are version 3's
 TEST_SPLIT = "test"
+STUDY_INDEX_FILE = "studies.json"
+STUDY_INDEX_VERSION = 1
+_RESHARD = ("run `hnp shard` again with the same options (it keeps the finished tars and rewrites dataset.json and "
+            "the study indexes)")
 
 
 def sample_key(row: int) -> str:
@@ -177,6 +185,91 @@ class SampleMeta:
         return meta
 
 
+def study_key(row: int) -> str:
+    """The key of a study, made from the manifest row of its first film: "s" and seven digits (no PHI, unique,
+    and the same whoever shards, as sample keys are)."""
+    return "s" + sample_key(row)[1:]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study of the study index: the films (sample keys) taken together, and the view of each.
+
+    A study is the manifest's `study_id` within one patient; a patient's films without a `study_id` form one study
+    of their own. Films are in key order; a view may repeat (two LAT films) or be None (the manifest gave none).
+
+    Args:
+        key: `study_key` of its first film.
+        patient: the patient's keyed pseudonym (as in the films' `.json` members).
+        films: the films' sample keys, ascending.
+        views: the view of each film, as in its `.json` member (None where the manifest had none).
+    """
+
+    key: str
+    patient: str
+    films: tuple[str, ...]
+    views: tuple[str | None, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"key": self.key, "patient": self.patient, "films": list(self.films), "views": list(self.views)}
+
+    @classmethod
+    def from_record(cls, raw: Any, where: str) -> Study:
+        """One study of a studies.json file, checked; anything else is an error naming `where`."""
+        try:
+            study = cls(key=str(raw["key"]), patient=str(raw["patient"]), films=tuple(str(k) for k in raw["films"]),
+                        views=tuple(_optional(v) for v in raw["views"]))
+            if not study.films or len(study.views) != len(study.films):
+                raise ValueError(f"{len(study.films)} films and {len(study.views)} views")
+            for film in study.films:
+                key_row(film)
+            if study.key != study_key(min(key_row(film) for film in study.films)):
+                raise ValueError(f"key {study.key} is not that of its first film")
+        except (ValueError, KeyError, TypeError, HnpError) as err:
+            raise HnpError(f"{where}: bad study record ({type(err).__name__}: {err})") from None
+        return study
+
+
+def study_index_name(split: str) -> str:
+    """The study index of a split, relative to the shard folder: "fold0/studies.json"."""
+    return f"{split}/{STUDY_INDEX_FILE}"
+
+
+def encode_study_index(split: str, studies: list[Study]) -> bytes:
+    """A split's `studies.json`: the index version, the split, and its studies in key order (no timestamp: the
+    same studies give the same bytes)."""
+    record = {"version": STUDY_INDEX_VERSION, "split": split,
+              "studies": [study.to_record() for study in sorted(studies, key=lambda s: s.key)]}
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+
+def decode_study_index(data: bytes, split: str, where: str) -> list[Study]:
+    """Parse and check a split's `studies.json` (its version, its split, each record; no film in two studies).
+
+    Args:
+        data: the file's bytes.
+        split: the split it must describe.
+        where: names the file in errors.
+    """
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HnpError(f"{where}: not valid JSON: {err}") from None
+    if not isinstance(raw, dict) or raw.get("version") != STUDY_INDEX_VERSION or raw.get("split") != split:
+        found = (raw.get("version"), raw.get("split")) if isinstance(raw, dict) else type(raw).__name__
+        raise HnpError(f"{where}: expected a study index version {STUDY_INDEX_VERSION} of split {split}, found "
+                       f"{found}; {_RESHARD}")
+    studies = [Study.from_record(item, f"{where}: study {number}") for number, item in
+               enumerate(raw.get("studies") or [])]
+    seen: dict[str, str] = {}
+    for study in studies:
+        for film in study.films:
+            if film in seen:
+                raise HnpError(f"{where}: film {film} is in studies {seen[film]} and {study.key}")
+            seen[film] = study.key
+    return studies
+
+
 def _optional(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -229,6 +322,31 @@ class Dataset:
             raise HnpError(f"{missing[0]}: listed in dataset.json but missing ({len(missing)} shard(s) missing)")
         return paths
 
+    def split_studies(self, splits: list[str] | tuple[str, ...]) -> list[Study]:
+        """The studies of the named splits, from each split's `studies.json`, checked against the sha256 and count
+        dataset.json lists for it; a dataset without study indexes (version 2) is an error saying how to add them.
+        """
+        self.split_shards(splits)  # the splits exist, and so do their tars
+        studies: list[Study] = []
+        for split in splits:
+            entry = self.record["splits"][split].get("studies")
+            if not isinstance(entry, dict):
+                raise HnpError(f"{self.folder / DATASET_FILE}: split {split} has no study index (schema_version "
+                               f"{self.record.get('schema_version')}); {_RESHARD}")
+            path = self.folder / entry["file"]
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise HnpError(f"{path}: cannot read the study index ({err.strerror or err}); {_RESHARD}") from None
+            if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                raise HnpError(f"{path}: its sha256 differs from the one dataset.json lists (changed or damaged); "
+                               f"{_RESHARD}")
+            found = decode_study_index(data, split, str(path))
+            if len(found) != entry.get("count"):
+                raise HnpError(f"{path}: {len(found)} studies, dataset.json lists {entry.get('count')}")
+            studies.extend(found)
+        return studies
+
 
 def read_dataset(folder: str | Path) -> Dataset:
     """Read `<folder>/dataset.json` and check what this version relies on: the schema version, the level
@@ -257,9 +375,9 @@ def read_dataset(folder: str | Path) -> Dataset:
 
 def _check_record(record: dict, path: Path) -> None:
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise HnpError(f"{path}: schema_version {version!r}, this version of hnp reads {SCHEMA_VERSION}: run "
-                       "`hnp shard` again with the same options (it keeps the finished tars and rewrites dataset.json)")
+    if version != SCHEMA_VERSION and version not in IMAGE_LEVEL_VERSIONS:
+        raise HnpError(f"{path}: schema_version {version!r}, this version of hnp reads {SCHEMA_VERSION} (and "
+                       f"{', '.join(map(str, IMAGE_LEVEL_VERSIONS))} without study indexes): {_RESHARD}")
     for field, expected in (("levels", list(LEVELS)), ("label_vector", list(LABEL_VECTOR))):
         if record.get(field) != expected:
             raise HnpError(f"{path}: {field} is {record.get(field)!r}, this version expects {expected}")

@@ -7,7 +7,8 @@ The steps, in order: the manifest is validated (sharding.manifest) and refused i
 (missing or broken images, X-ray and MRI too far apart) go to `excluded.csv`; patient and study identifiers
 become keyed pseudonyms (sharding.pseudonym); train rows get patient-grouped stratified folds (sharding.folds);
 each split's samples are shuffled with the seed and cut into shards (sharding.shards), which are written in
-parallel; `dataset.json` and `table1.md` are written last, so their presence means the shards are complete.
+parallel; each split's study index (sharding.studies), then `dataset.json` and `table1.md` are written last, so
+their presence means the shards are complete.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import pandas as pd
 from hnp.errors import HnpError
 from hnp.files import atomic_write_text
 from hnp.levels import LEVEL_COLUMNS
-from hnp.shard_format import DATASET_FILE, SampleMeta, dataset_json_text, encode_label_vector, sample_key, split_names
+from hnp.shard_format import (
+    DATASET_FILE,
+    SampleMeta,
+    Study,
+    dataset_json_text,
+    encode_label_vector,
+    sample_key,
+    split_names,
+)
 from sharding.dataset_json import dataset_record, excluded_csv_text, split_record
 from sharding.folds import assign_folds, table1, table1_markdown
 from sharding.pseudonym import load_or_create_key, pseudonymize_column, scrub
@@ -35,6 +44,7 @@ from sharding.shards import (
     remove_stale_files,
     write_shards,
 )
+from sharding.studies import group_studies, write_study_index
 
 log = logging.getLogger("hnp.shard")
 
@@ -111,18 +121,19 @@ def shard_manifest(options: ShardOptions) -> ShardSummary:
     splits = assign_splits(kept, patient_ids.loc[kept.index], options.folds, options.seed)
     encoding = Encoding(options.max_side, options.jpeg_quality)
     columns = sample_columns(table, patients, studies, check.image_stats)
-    specs = []
+    specs, study_index = [], {}
     for split in split_names(options.folds):
         rows = shuffled_rows(splits.index[splits == split], options.seed, split)
         samples = [build_sample(columns, row) for row in rows]
         specs += plan_shards(split, samples, options.shard_bytes)
+        study_index[split] = group_studies(columns, rows)
     for name in remove_stale_files(out, specs):
         log.info("removed %s (partial, or not part of this plan)", name)
     excluded_rows = [(row, scrub(str(table["image_path"].iat[row]), patient_ids.iat[row], patients.iat[row]), reason)
                      for row, reason in check.exclusions.items()]
     atomic_write_text(out / "excluded.csv", excluded_csv_text(excluded_rows))
     results = write_shards(specs, out, encoding, options.workers, options.progress)
-    return _finish(options, table, splits, patients, results)
+    return _finish(options, table, splits, patients, results, study_index)
 
 
 def _refuse(problems: list, headline: str) -> None:
@@ -221,8 +232,8 @@ def build_sample(columns: dict[str, list], row: int) -> Sample:
 
 
 def _finish(options: ShardOptions, table: pd.DataFrame, splits: pd.Series, patients: pd.Series,
-            results: list[ShardResult]) -> ShardSummary:
-    """Write dataset.json and table1.md, last, and check that every row is accounted for."""
+            results: list[ShardResult], study_index: dict[str, list[Study]]) -> ShardSummary:
+    """Write the study indexes, then dataset.json and table1.md, last, and check that every row is accounted for."""
     per_split = {}
     for split in split_names(options.folds):
         rows = splits.index[splits == split]
@@ -230,7 +241,8 @@ def _finish(options: ShardOptions, table: pd.DataFrame, splits: pd.Series, patie
         if sum(s.samples for s in shards) != len(rows):
             raise HnpError(f"internal error: {split} has {len(rows)} rows but its shards hold "
                            f"{sum(s.samples for s in shards)} samples")
-        per_split[split] = split_record(table.loc[rows], patients.loc[rows], shards)
+        per_split[split] = {**split_record(table.loc[rows], patients.loc[rows], shards),
+                            "studies": write_study_index(options.out, split, study_index[split])}
     rows = {"manifest": len(table), "sharded": len(splits), "excluded": len(table) - len(splits)}
     record = dataset_record(folds=options.folds, seed=options.seed,
                             encoding=Encoding(options.max_side, options.jpeg_quality), rows=rows,

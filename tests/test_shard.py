@@ -403,7 +403,9 @@ def test_no_test_rows_gives_an_empty_test_split(make_manifest: Callable[..., Pat
     out = tmp_path / "out"
     dataset = shard(make_manifest(patients=12, test_fraction=0.0), out)
     assert dataset["splits"]["test"] == {"samples": 0, "patients": 0,
-                                         "positives": {**dict.fromkeys(LEVELS, 0), "any": 0}, "shards": []}
+                                         "positives": {**dict.fromkeys(LEVELS, 0), "any": 0}, "shards": [],
+                                         "studies": {"file": "test/studies.json", "count": 0, "films": 0,
+                                                     "sha256": dataset["splits"]["test"]["studies"]["sha256"]}}
     assert sum(dataset["splits"][f"fold{k}"]["samples"] for k in range(4)) == 24
 
 

@@ -106,7 +106,8 @@ def test_dataset_json_is_read_with_its_folds_and_an_identity(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"schema_version": 1}, "schema_version 1, this version of hnp reads 2: run `hnp shard` again"),
+    ({"schema_version": 1},
+     "schema_version 1, this version of hnp reads 3 \\(and 2 without study indexes\\): run `hnp shard` again"),
     ({"levels": ["L1_2", "L2_3", "L3_4", "L4_5", "L5_S1"]}, "levels is .*this version expects"),
     ({"label_vector": ["L1-2", "L2-3", "L3-4", "L4-5", "L5-S1", "age", "any"]}, "label_vector is .*expects"),
     ({"folds": 3}, "3 folds, but no split fold2"),

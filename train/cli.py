@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     _check_same_shards(out_dir, dataset)
     # Every fold's tars must be there before Ray starts: a missing one would fail each fold's workers, retried.
     dataset.split_shards([fold_split(k) for k in range(dataset.folds)])
+    if cfg.model.fusion != "none":  # and a fusion model's study indexes (schema version 3)
+        dataset.split_studies([fold_split(k) for k in range(dataset.folds)])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_text(out_dir / RUN_RECORD, json.dumps({"dataset": dataset.identity}, indent=2) + "\n")

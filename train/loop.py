@@ -11,7 +11,8 @@ group already initialized, as Ray's TorchTrainer does) the model is wrapped here
 Files in the fold folder (rank 0 writes them, each atomically):
     best.pt                  the best epoch by mean validation AUC (see train.model.checkpoint_dict)
     val_predictions.parquet  that epoch's out-of-fold predictions: key, fold, label_<target>, prob_<target>
-                             (hnp.predictions), plus age and pred_age for levels_age
+                             (hnp.predictions), plus age and pred_age for levels_age; one row per image, or
+                             per study (its key) for a fusion model
     history.csv              one row per finished epoch: losses, lr, per-level validation AUC, img/s
     state.pt                 everything needed to resume after the last finished epoch
 """
@@ -44,6 +45,7 @@ from hnp.predictions import AGE, KEY, PRED_AGE, label_column, model_targets, pro
 from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
+from train.fusion import model_inputs
 from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
 from train.progress import FoldReporter
 
@@ -145,20 +147,15 @@ def build_trainer(cfg: ExperimentConfig, steps_per_epoch: int, ctx: FoldContext)
                    cfg=cfg.train, task=cfg.model.task, device=ctx.device)
 
 
-def _images(batch: dict[str, Any], device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = batch["image"].to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
 def _targets(batch: dict[str, Any], task: str, device: torch.device) -> torch.Tensor:
     return task_targets(batch, task).to(device, non_blocking=True)  # (N, outputs)
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    loss: float  # mean training loss per image, over all ranks
+    loss: float  # mean training loss per sample (image, or study for fusion), over all ranks
     lr: float  # at the end of the epoch
-    images: int  # across all ranks
+    images: int  # images (films) across all ranks
     seconds: float
 
     @property
@@ -187,15 +184,16 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
     n_batches = len(loader)  # type: ignore[arg-type]
     accum = trainer.cfg.grad_accum
     total_loss = torch.zeros((), device=trainer.device)
-    images = 0
+    images = samples = 0
     start = time.perf_counter()
     bar = tqdm(loader, total=n_batches, desc=desc, leave=False, disable=not progress, mininterval=1.0)
     for i, batch in enumerate(bar):
         step_now = (i + 1) % accum == 0 or i + 1 == n_batches
         loss = _forward_backward(trainer, batch, sync=step_now)
-        n = batch["image"].shape[0]
+        n = batch["labels"].shape[0]  # images, or studies of a study batch
         total_loss += loss * n  # stays on the device: no host sync per batch
-        images += n
+        samples += n
+        images += batch["image"].shape[0]  # a study batch's films
         if step_now:
             _optimizer_step(trainer)
         if on_step is not None:
@@ -205,18 +203,18 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
     seconds = time.perf_counter() - start
     if world_size > 1 and dist.is_initialized():
         dist.all_reduce(total_loss)  # every rank ran the same number of equal batches: sum, then divide
-    return EpochStats(loss=total_loss.item() / max(images * world_size, 1),
+    return EpochStats(loss=total_loss.item() / max(samples * world_size, 1),
                       lr=trainer.optimizer.param_groups[0]["lr"], images=images * world_size, seconds=seconds)
 
 
 def _forward_backward(trainer: Trainer, batch: dict[str, Any], sync: bool) -> torch.Tensor:
-    images = _images(batch, trainer.device, trainer.cfg.channels_last)
+    inputs = model_inputs(batch, trainer.device, trainer.cfg.channels_last)
     targets = _targets(batch, trainer.task, trainer.device)
     # Between optimizer steps DDP need not all-reduce gradients: skip it while accumulating.
     no_sync = not sync and isinstance(trainer.model, DistributedDataParallel)
     with trainer.model.no_sync() if no_sync else nullcontext():
         with autocast(trainer.cfg.amp, trainer.device):
-            outputs = trainer.model(images)
+            outputs = trainer.model(*inputs)
         loss = trainer.loss_fn(outputs, targets)  # computed in float32
         trainer.scaler.scale(loss / trainer.cfg.grad_accum).backward()
     return loss.detach()
@@ -234,7 +232,7 @@ class Validation:
     loss: float
     auc: dict[str, float]  # {target: ROC AUC}, NaN where the fold lacks positives or negatives
     thresholds: dict[str, float]  # {target: Youden-J threshold}
-    predictions: pd.DataFrame  # one row per validation image
+    predictions: pd.DataFrame  # one row per validation image (per study for a fusion model)
 
     @property
     def auc_mean(self) -> float:
@@ -245,7 +243,7 @@ class Validation:
 @torch.no_grad()
 def evaluate(module: nn.Module, loader: Iterable[dict[str, Any]], loss_fn: TaskLoss, *, task: str, amp: str,
              device: torch.device, channels_last: bool, progress: bool = True) -> Validation:
-    """Predict every validation image, gather across ranks, and score each label column.
+    """Predict every validation image (study, for a fusion model), gather across ranks, and score each label column.
 
     Args:
         module: the bare model (not DDP-wrapped: ranks may hold different batch counts here).
@@ -263,7 +261,7 @@ def evaluate(module: nn.Module, loader: Iterable[dict[str, Any]], loss_fn: TaskL
     loss_sum = 0.0
     for batch in tqdm(loader, desc="validate", leave=False, disable=not progress, mininterval=1.0):
         with autocast(amp, device):
-            out = module(_images(batch, device, channels_last))
+            out = module(*model_inputs(batch, device, channels_last))
         target = _targets(batch, task, device)
         loss_sum += loss_fn(out, target).item() * target.shape[0]
         keys.extend(batch["key"])

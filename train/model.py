@@ -38,15 +38,30 @@ def output_names(task: str) -> tuple[str, ...]:
 
 
 def build_model(cfg: ModelConfig, channels: int) -> nn.Module:
-    """A timm backbone with one output per task column.
+    """A timm backbone with one output per task column, or for `cfg.fusion` other than "none" the fusion model
+    (`train.fusion`), which scores a study from all its films.
 
     Args:
-        cfg: model name, task, dropout and where the starting weights come from: "hub" (timm's pretrained
+        cfg: model name, task, dropout, fusion and where the starting weights come from: "hub" (timm's pretrained
             download), "none" (random init) or a local file holding a state dict (no network needed).
         channels: input channels, 1 (gray) or 3 (gray replicated for ImageNet stems).
     """
-    num_outputs = len(output_names(cfg.task))
-    kwargs: dict[str, Any] = {"num_classes": num_outputs, "in_chans": channels, "drop_rate": cfg.drop_rate}
+    if cfg.fusion != "none":
+        from train.fusion import build_fusion_model  # it builds its backbone here: imported when used
+
+        return build_fusion_model(cfg, channels)
+    return build_backbone(cfg, channels, num_classes=len(output_names(cfg.task)))
+
+
+def build_backbone(cfg: ModelConfig, channels: int, num_classes: int) -> nn.Module:
+    """The timm model `cfg.name` with `num_classes` outputs (0: its pooled features), weights per `cfg.pretrained`.
+
+    Args:
+        cfg: the model config.
+        channels: input channels.
+        num_classes: classifier outputs; 0 leaves the classifier out.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": channels, "drop_rate": cfg.drop_rate}
     if cfg.pretrained == "hub":
         return _create(cfg.name, pretrained=True, **kwargs)
     model = _create(cfg.name, pretrained=False, **kwargs)
@@ -180,6 +195,11 @@ class FoldCheckpoint:
     def outputs(self) -> tuple[str, ...]:
         """What each model output is (`output_names`)."""
         return output_names(self.config.model.task)
+
+    @property
+    def fusion(self) -> str:
+        """"none" for the image-level model, else how it fuses a study's films (`train.fusion`)."""
+        return self.config.model.fusion
 
 
 def checkpoint_dict(model: nn.Module, cfg: ExperimentConfig, fold: int, epoch: int, val_auc: dict[str, float],

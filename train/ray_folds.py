@@ -32,6 +32,7 @@ from hnp.config import ExperimentConfig, build_dataclass, config_to_dict
 from hnp.errors import HnpError
 from hnp.shard_format import Dataset, fold_split
 from train.console import RayOutputToFile
+from train.fusion import build_fold_loader
 from train.loop import FoldContext, train_fold
 from train.progress import RESTARTED, FoldReporter, ProgressDisplay, start_board
 from train.wandb_log import fold_run_id, log_epoch, start_fold_run
@@ -64,9 +65,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipeline.dataset import split_shards
-    from pipeline.loader import build_loader
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fold, shards, out_dir = int(config["fold"]), Path(config["shards"]), Path(config["out"])
     context = ray.train.get_context()  # Ray: this worker's place in the fold's worker group
@@ -74,8 +72,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       device=ray.train.torch.get_device())
     train_splits, val_splits = fold_splits(cfg, fold)
     loader_args = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": cfg.train.seed, "device": str(ctx.device)}
-    train_loader = build_loader(cfg.data, split_shards(shards, train_splits), training=True, **loader_args)
-    val_loader = build_loader(cfg.data, split_shards(shards, val_splits), training=False, **loader_args)
+    # study batches for a fusion model, image batches otherwise
+    train_loader = build_fold_loader(cfg, shards, train_splits, training=True, **loader_args)
+    val_loader = build_fold_loader(cfg, shards, val_splits, training=False, **loader_args)
     work_dir = Path(tempfile.mkdtemp(prefix=f"hnp-fold{fold}-rank{ctx.rank}-"))
     checkpoint = ray.train.get_checkpoint()  # Ray: the latest reported checkpoint after a restart or relaunch
     if checkpoint is not None:

@@ -18,6 +18,7 @@ from hnp.shard_format import read_dataset
 from phantom.generate import PhantomConfig, generate
 from pipeline import build_loader, split_shards
 from sharding.build import ShardOptions, shard_manifest
+from train.fusion import build_fold_loader
 from train.loop import evaluate
 from train.model import TaskLoss, build_model, checkpoint_dict
 
@@ -52,7 +53,7 @@ def build_run(folder: Path, shards: Path, cfg: ExperimentConfig, train_steps: in
         loss_fn = TaskLoss(cfg.model)
         if train_steps:
             _train_briefly(model, loss_fn, cfg, shards, fold, train_steps)
-        held_out = build_loader(cfg.data, split_shards(shards, [f"fold{fold}"]), training=False)
+        held_out = build_fold_loader(cfg, shards, [f"fold{fold}"], training=False)  # images, or studies (fusion)
         val = evaluate(model.eval(), held_out, loss_fn, task=cfg.model.task, amp="off", device=torch.device("cpu"),
                        channels_last=False, progress=False)
         fold_dir = run / f"fold{fold}"

@@ -1,0 +1,169 @@
+"""Multi-view fusion: one prediction per study from all its films (`model.fusion: mean | attention`).
+
+The paper (Kim et al. 2022, Discussion) names the next step: a projection hides three-dimensional structure, and
+"X-ray images obtained from multiple directions could be a solution". Its patients have 1 to 6 films (AP, lateral,
+both obliques, flexion, extension); scored one at a time and averaged, a sign that only shows as a difference
+between two films (instability: the angle between FLEX and EXT) can never be seen. Here:
+
+1. one shared timm backbone runs over the real films of a batch of studies, packed (N, C, S, S): no padding;
+2. each film becomes a token: its pooled features projected to `fusion_dim`, plus a learned embedding of its view
+   (`hnp.levels.view_id`: AP ... OTHER, and one for "no view"), through a small MLP, so that a token can carry
+   view-specific channels (FLEX's angle apart from EXT's);
+3. `attention`: `fusion_layers` of self-attention across the study's tokens (a FLEX film can see its EXT film),
+   then attention pooling: a weight per film from a learned score, softmax over the present films (Ilse, Tomczak
+   & Welling, "Attention-based deep multiple instance learning", ICML 2018); `mean`: the masked mean of the
+   tokens, every present film weighted equally;
+4. the task head on the pooled token (`levels`, `levels_age`, `any`: `train.model.output_names`).
+
+Training drops views at random (`data.view_dropout`, in `pipeline.studies`), so that any subset of a study's films
+works at test time.
+
+    model = build_fusion_model(cfg.model, channels=1)
+    logits = model(films, views, mask)            # films (N, C, S, S); views, mask (B, V) -> (B, outputs)
+    fused = model.fuse(films, views, mask)        # .logits and .weights (B, V): each film's share in the pooling
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hnp.config import ExperimentConfig, ModelConfig
+from hnp.levels import VIEW_SLOTS
+
+if TYPE_CHECKING:
+    from pipeline.loader import Loader
+
+ATTENTION_HEADS = 4
+
+
+@dataclass(frozen=True)
+class FusedOutput:
+    logits: torch.Tensor  # (B, outputs)
+    weights: torch.Tensor  # (B, V): each present film's weight in the pooling (rows sum to 1), 0 in empty slots
+
+
+class FusionModel(nn.Module):
+    """A shared backbone, view embeddings, pooling over a study's films, and the task head.
+
+    Args:
+        backbone: a timm model without classifier (`num_classes=0`): (N, C, S, S) -> (N, features).
+        features: the backbone's feature width.
+        outputs: the task's outputs (`train.model.output_names`).
+        mode: "mean" or "attention".
+        dim: token width.
+        layers: self-attention layers across films ("attention" only).
+        drop_rate: dropout before the head's last layer.
+    """
+
+    def __init__(self, backbone: nn.Module, features: int, outputs: int, mode: str, dim: int, layers: int,
+                 drop_rate: float) -> None:
+        super().__init__()
+        self.mode = mode
+        self.backbone = backbone
+        self.project = nn.Sequential(nn.Linear(features, dim), nn.LayerNorm(dim))
+        self.view_embedding = nn.Embedding(VIEW_SLOTS, dim)
+        self.mixer = None
+        self.score = None
+        if mode == "attention":
+            heads = ATTENTION_HEADS if dim % ATTENTION_HEADS == 0 else 1
+            layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            # no nested tensors: a study's padded slots are masked, and the output then keeps its (B, V, dim) shape
+            self.mixer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
+            self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+        self.tokens = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(drop_rate),
+                                  nn.Linear(dim, outputs))
+
+    def forward(self, films: torch.Tensor, views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, outputs) logits of a batch of studies.
+
+        Args:
+            films: (N, C, S, S), the present films study after study (N = mask.sum()).
+            views: (B, V) view ids; only the present slots are read.
+            mask: (B, V) bool, True where a slot holds a film; every study has at least one.
+        """
+        return self.fuse(films, views, mask).logits
+
+    def fuse(self, films: torch.Tensor, views: torch.Tensor, mask: torch.Tensor) -> FusedOutput:
+        """The logits and each film's pooling weight (see `forward` for the arguments)."""
+        features = self.backbone(films)  # (N, features)
+        tokens = self.project(features) + self.view_embedding(views[mask])  # (N, dim)
+        grid = tokens.new_zeros((*mask.shape, tokens.shape[-1]))  # (B, V, dim)
+        grid[mask] = tokens.to(grid.dtype)
+        if self.mixer is not None:
+            grid = self.mixer(grid, src_key_padding_mask=~mask)
+        grid = self.tokens(grid).masked_fill(~mask[..., None], 0.0)  # empty slots never reach the pooling
+        weights = self.pooling_weights(grid, mask)  # (B, V)
+        pooled = (weights[..., None].to(grid.dtype) * grid).sum(dim=1)  # (B, dim)
+        return FusedOutput(logits=self.head(pooled), weights=weights)
+
+    def pooling_weights(self, grid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, V) weights over the present films, rows summing to 1: learned scores (attention) or equal (mean)."""
+        if self.score is None:
+            return mask.float() / mask.sum(dim=1, keepdim=True)
+        scores = self.score(grid).squeeze(-1).float().masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=1)
+
+
+def build_fusion_model(cfg: ModelConfig, channels: int) -> FusionModel:
+    """The fusion model of `cfg` (`cfg.fusion` "mean" or "attention"), its backbone from `cfg.pretrained` as the
+    image model's (`train.model.build_backbone`)."""
+    from train.model import build_backbone, output_names
+
+    backbone = build_backbone(cfg, channels, num_classes=0)  # timm: pooled features, no classifier
+    return FusionModel(backbone, backbone.num_features, len(output_names(cfg.task)), cfg.fusion, cfg.fusion_dim,
+                       cfg.fusion_layers, cfg.drop_rate)
+
+
+def is_study_batch(batch: dict[str, Any]) -> bool:
+    """Whether a loader batch holds studies (`pipeline.studies`) rather than single images."""
+    return "mask" in batch
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    """What the model of a batch takes, on `device`: (images,) for an image batch, (films, views, mask) for a study
+    batch (`FusionModel.forward`).
+
+    Args:
+        batch: from `pipeline.build_loader` or `pipeline.studies.build_study_loader`.
+        device: the model's device.
+        channels_last: hand the images over in channels_last memory format.
+    """
+    images = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if not is_study_batch(batch):
+        return (images,)
+    return images, batch["view"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+
+
+def build_fold_loader(cfg: ExperimentConfig, shards: Path, splits: Sequence[str], *, training: bool, rank: int = 0,
+                      world_size: int = 1, seed: int = 0, device: Any = "cpu") -> Loader:
+    """The loader of the named splits for the model of `cfg`: study batches (`pipeline.studies`) for a fusion
+    model, image batches (`pipeline.build_loader`) otherwise.
+
+    Args:
+        cfg: the experiment config (`model.fusion` decides, `data` configures the loader).
+        shards: the shard folder.
+        splits: split names, e.g. a fold's training splits.
+        training: see `pipeline.build_loader`.
+        rank: this process's rank.
+        world_size: number of ranks.
+        seed: run seed.
+        device: where the batches go.
+    """
+    args = {"training": training, "rank": rank, "world_size": world_size, "seed": seed, "device": device}
+    if cfg.model.fusion == "none":
+        from pipeline import build_loader, split_shards
+
+        return build_loader(cfg.data, split_shards(shards, list(splits)), **args)
+    from pipeline.studies import build_study_loader, read_studies
+
+    return build_study_loader(cfg.data, read_studies(shards, list(splits)), **args)
