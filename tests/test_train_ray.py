@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 
 from hnp.config import builtin_configs
 from hnp.levels import LEVEL_COLUMNS, LEVELS
@@ -47,7 +48,6 @@ def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
 @pytest.mark.slow
 def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_path: Path,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    ray = pytest.importorskip("ray")
     shards, out = band_shards(tmp_path / "data"), tmp_path / "run"
     out.mkdir()
     (out / "fold3").write_text("in the way")  # fold3 cannot write its folder: it fails for good, the others finish
