@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.runs import build_phantom_shards, build_run, tiny_config
 from test_train_loop import BandLoader
 from test_train_ray import band_shards
 
@@ -226,9 +225,9 @@ report.write_metrics = write_metrics
 
 
 @pytest.mark.slow
-def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str]) -> None:
-    shards, _ = build_phantom_shards(tmp_path, patients=16)
-    run = build_run(tmp_path, shards, tiny_config())
+def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str],
+                                                             trained_world: dict[str, Path]) -> None:
+    shards, run = trained_world["shards"], trained_world["run"]  # read only: the reports go to tmp_path
     args = ["--run", str(run), "--shards", str(shards), "--gradcam-top", "2", "--no-wandb"]
     reference = tmp_path / "reference"
     assert main(["eval", *args, "--out", str(reference)]) == 0
