@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.metrics import METRIC_NAMES, binary_metrics, class_metrics
+from eval.metrics import binary_metrics, class_metrics
 from hnp.files import atomic_write_text
 from hnp.levels import LEVELS
 from hnp.predictions import ANY, label_column, prob_column, report_targets
@@ -38,12 +38,12 @@ def write_metrics(table: pd.DataFrame, out_dir: Path, meta: Mapping[str, Any]) -
     """metrics.csv (one row per target) and metrics.json (`meta` plus {target: {metric: value}}, NaN as null).
 
     Args:
-        table: from `metrics_table`, indexed by target.
+        table: from `metrics_table` (and any further per-target columns, e.g. calibration), indexed by target.
         out_dir: the report folder.
         meta: run-level facts stored beside the metrics (task, threshold rule, counts, bootstrap settings).
     """
     table.to_csv(out_dir / "metrics.csv", index_label="target", float_format="%.6g")
-    per_target = {name: {key: _json_number(row[key]) for key in METRIC_NAMES} for name, row in table.iterrows()}
+    per_target = {name: {key: _json_number(row[key]) for key in table.columns} for name, row in table.iterrows()}
     document = _json_safe({**meta, "metrics": per_target})
     atomic_write_text(out_dir / "metrics.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
 
@@ -95,6 +95,41 @@ def plot_roc(patients: pd.DataFrame, task: str, path: Path, title: str) -> dict[
         ax.text(0.5, 0.5, "no target has both classes", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def plot_precision_recall(patients: pd.DataFrame, task: str, path: Path, title: str) -> dict[str, float]:
+    """One precision-recall curve per target with its average precision (PR AUC) in the legend, and the target's
+    prevalence (a model without skill) as a dotted line of the same colour; single-class targets are left out.
+
+    Returns:
+        the average precision of each target drawn, in legend order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    drawn = {}
+    for name in report_targets(task):
+        y, p = patients[label_column(name)].to_numpy(), patients[prob_column(name)].to_numpy()
+        if len(np.unique(y)) < 2:
+            continue
+        precision, recall, _ = precision_recall_curve(y, p)
+        drawn[name] = float(average_precision_score(y, p))
+        (line,) = ax.plot(recall, precision, lw=1.6, ls="--" if name == ANY else "-",
+                          label=f"{name} (AP {drawn[name]:.3f})", drawstyle="steps-post")
+        ax.axhline(y.mean(), color=line.get_color(), lw=0.7, ls=":")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    if drawn:
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no target has both classes", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
     return drawn
 

@@ -1,12 +1,13 @@
 """`hnp eval`: the fold models of a run predict the test split, bagged per patient, scored and reported.
 
     hnp eval --run runs/tiny --shards shards --out reports/tiny [--threshold fold-mean] [--gradcam-top 300]
-             [--truth data/phantom/truth.parquet]
+             [--truth data/phantom/truth.parquet] [--calibrate platt|isotonic] [--prevalence 0.1]
 
 Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each
 batch, no augmentation; on a GPU under the run's autocast, bf16 by default, on the CPU in float32). Bagging,
 per-patient means and thresholds follow `eval.bagging`; the files are those of the report contract (DESIGN.md):
-predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, roc.png and gradcam/.
+predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, report.html, roc.png, pr.png,
+calibration.png, operating_points.csv and gradcam/. Calibration and operating points: `eval.clinical`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import torch
 from tqdm import tqdm
 
 from eval import bagging, report
+from eval.clinical import ClinicalOptions, clinical_evaluation
 from eval.gradcam import GradCAM, export_gradcam, select_top
+from eval.html_report import write_html_report
 from eval.metrics import metrics_table
+from eval.operating_points import parse_prevalence
 from eval.samples import GrayImages, read_sample_meta
 from hnp.config import DataConfig
 from hnp.errors import HnpError
@@ -50,6 +54,9 @@ class EvalOptions:
     truth: Path | None = None
     bootstrap: int = 1000
     seed: int = 0
+    calibrate: str | None = None
+    prevalence: tuple[str, ...] = ()
+    calibration_bins: int = 10
     device: str = "auto"
     loader: str | None = None
     batch_size: int | None = None
@@ -210,6 +217,24 @@ def oof_patients(oof: dict[int, pd.DataFrame], shards: Path, task: str) -> pd.Da
     return add_any(bagging.patient_means(pooled, model_targets(task)), task)
 
 
+def oof_for_report(oof: dict[int, pd.DataFrame] | None, options: EvalOptions, rule: Any,
+                   task: str) -> pd.DataFrame | None:
+    """The per-patient out-of-fold predictions, or None where the run lacks them.
+
+    youden-oof and --calibrate need them; for the other rules they only add the report's cross-validation
+    calibration and operating-point rows, so fold shards that are missing then cost those rows, not the report.
+    """
+    if not oof:
+        return None
+    try:
+        return oof_patients(oof, options.shards, task)
+    except HnpError as error:
+        if rule.kind == "youden-oof" or options.calibrate:
+            raise
+        log.warning("%s; the report leaves out its out-of-fold (cross-validation) rows", error)
+        return None
+
+
 def gradcam_targets(task: str) -> dict[str, int]:
     """Targets that get Grad-CAM lists (the model's own; the derived "any" has no logit): target -> output."""
     return {target: output for output, target in enumerate(model_targets(task))}
@@ -245,6 +270,11 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     rule = bagging.parse_threshold_rule(options.threshold)
     folds = load_folds(options.run)
     task = folds[0].config.model.task
+    parse_prevalence(options.prevalence, report_targets(task))  # a bad --prevalence fails before the long pass
+    oof = read_oof(options.run, folds)
+    if options.calibrate and oof is None:
+        raise HnpError(f"--calibrate {options.calibrate} is fitted on the out-of-fold predictions, and {options.run} "
+                       "lacks fold*/val_predictions.parquet")
     device = resolve_device(options.device)
     data = eval_data_config(folds, options.loader, options.batch_size)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -259,13 +289,15 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     check_each_once(predicted, meta)
     images = image_frame(meta, predicted, [f.fold for f in folds], task)
 
-    oof = read_oof(options.run, folds)
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
-    oof_by_patient = oof_patients(oof, options.shards, task) if rule.kind == "youden-oof" and oof else None
+    oof_by_patient = oof_for_report(oof, options, rule, task)
     thresholds = bagging.resolve_thresholds(rule, per_fold, oof_by_patient, task)
     patients = bagging.add_decisions(add_any(bagging.patient_means(images, model_targets(task)), task), thresholds,
                                      task)
     table = metrics_table(patients, report_targets(task), thresholds, n_boot=options.bootstrap, seed=options.seed)
+    clinical = clinical_evaluation(patients, oof_by_patient, task, thresholds, ClinicalOptions(
+        options.calibrate, options.prevalence, options.calibration_bins, options.bootstrap, options.seed), options.out)
+    patients, table = clinical.patients, table.join(clinical.columns)
 
     images.to_parquet(options.out / "predictions_images.parquet", index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
@@ -274,6 +306,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
         "unit": "patient", "n_images": len(images), "n_patients": len(patients),
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
+        **clinical.document,
     }
     report.write_metrics(table, options.out, meta_json)
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
@@ -286,8 +319,10 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         from eval.pointing import pointing_game
 
         pointing = pointing_game(gradcam_index, images, thresholds, options.truth, options.out / "gradcam")
-    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images))
+    sections = report_sections(table, oof, per_fold, folds, options, pointing, gradcam_index, len(images),
+                               clinical.sections)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
+    write_html_report(options.out)
     if options.wandb:
         log_metrics_to_wandb(folds[0].config, table, options.out)
     log.info("wrote %s", options.out)
@@ -296,8 +331,9 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
                     folds: Sequence[FoldCheckpoint], options: EvalOptions, pointing: dict[str, Any] | None,
-                    gradcam_index: pd.DataFrame | None, n_images: int) -> dict[str, str]:
-    """The report.md sections, in order."""
+                    gradcam_index: pd.DataFrame | None, n_images: int,
+                    clinical_sections: dict[str, str]) -> dict[str, str]:
+    """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's."""
     task = folds[0].config.model.task
     n_patients = int(table["n"].iloc[0])
     sections = {
@@ -309,6 +345,7 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
             f"{report.PAPER_TABLE5_ACCURACY:.1%}, pooled over levels).\n\n" + report.table5_markdown(table)
             + "\n\n![ROC curves](roc.png)"
         ),
+        **clinical_sections,
     }
     if oof is not None:
         thresholds = {f.fold: t for f, t in zip(folds, per_fold, strict=True)}

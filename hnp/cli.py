@@ -19,11 +19,13 @@ from hnp.errors import HnpError
 # subcommand -> (module holding add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phantom.cli", "write synthetic lumbar radiographs with planted per-level HNP signal"),
+    "import-dicom": ("ingest.cli", "a DICOM export (folder or DICOMDIR) to JPEGs and the manifest, with MRI labels"),
     "validate": ("sharding.validate_cli", "check a manifest against the contract and summarise it"),
     "shard": ("sharding.shard_cli", "patient-grouped folds of WebDataset shards (+ DALI indexes) from a manifest"),
     "preview": ("pipeline.preview_cli", "write the preprocessed model inputs (PNG grid + .npy) to check them by eye"),
     "train": ("train.cli", "train the cross-validation folds with Ray (one TorchTrainer per fold, several at once)"),
     "eval": ("eval.cli", "bagged per-patient test metrics, paper-layout tables, ROC plot and Grad-CAM of a run"),
+    "compare": ("eval.compare_cli", "paired AUC differences of evaluations of the same patients (DeLong, bootstrap)"),
     "predict": ("eval.predict_cli", "per-level HNP probability and decision for one patient's radiographs"),
     "demo": ("hnp.demo", "phantom -> validate -> shard -> train -> eval on this machine, with a closing summary"),
 }
@@ -33,7 +35,8 @@ log = logging.getLogger("hnp")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hnp", description="Lumbar HNP prediction from plain X-rays.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray's own output on the console (hnp train, hnp demo)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)

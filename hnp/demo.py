@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     paths = DemoPaths(args.out)
     timings: list[tuple[str, float]] = []
     for stage, argv in demo_stages(args, paths):
-        timings.append((stage, _run_stage(stage, argv)))
+        timings.append((stage, _run_stage(stage, argv, getattr(args, "verbose", False))))
     print(summary(paths, timings))
     return 0
 
@@ -94,12 +94,12 @@ def demo_stages(args: argparse.Namespace, paths: DemoPaths) -> list[tuple[str, l
     return stages
 
 
-def _run_stage(stage: str, argv: list[str]) -> float:
+def _run_stage(stage: str, argv: list[str], verbose: bool) -> float:
     from hnp.cli import main
 
     log.info("── %s: hnp %s", stage, " ".join(argv))
     start = time.perf_counter()
-    status = main(argv)
+    status = main(["-v", *argv] if verbose else argv)
     if status != 0:
         raise HnpError(f"the demo stopped at `hnp {argv[0]}` (exit status {status}); its messages are above. "
                        "Fix the cause and run `hnp demo` again: finished stages are kept.")

@@ -9,6 +9,7 @@ Columns (one row per image, or per patient after aggregation):
     prob_<target>               the probability; bagged over the fold models where several predicted
     prob_fold<k>_<target>       fold k's own probability (hnp eval's image table)
     pred_<target>               0/1, the decision at the target's threshold
+    prob_calibrated_<target>    the probability recalibrated on out-of-fold predictions (hnp eval --calibrate)
     age, pred_age               levels_age only: true and predicted age in years
 
     prob_column("L4-5")           # "prob_L4-5"
@@ -58,6 +59,10 @@ def prob_column(target: str, fold: int | None = None) -> str:
 
 def pred_column(target: str) -> str:
     return f"pred_{target}"
+
+
+def calibrated_column(target: str) -> str:
+    return f"prob_calibrated_{target}"
 
 
 def add_any(frame: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -2,12 +2,22 @@
 
     from pipeline import build_loader, split_shards
     loader = build_loader(cfg.data, split_shards("shards", ["fold0"]), training=False, device="cuda:0")
+
+The names are imported when first used: `hnp --help` and `hnp validate` import this package's CLI module, and
+torch (which the loaders and transforms need) takes seconds and half a gigabyte to import.
 """
 
 from __future__ import annotations
 
-from pipeline.dataset import split_shards
-from pipeline.loader import Loader, build_loader
-from pipeline.transforms import preprocess
+import importlib
+from typing import Any
 
-__all__ = ["Loader", "build_loader", "preprocess", "split_shards"]
+_EXPORTS = {"Loader": "pipeline.loader", "build_loader": "pipeline.loader", "preprocess": "pipeline.transforms",
+            "split_shards": "pipeline.dataset"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from hnp.errors import HnpError
 from hnp.jpeg import JpegError, inspect_jpeg_file_stat
 from hnp.levels import LEVEL_COLUMNS, LEVELS, SPLITS, VIEWS
+from hnp.pairing import too_far_apart, xray_mri_gap_days
 from hnp.schema import AGE_RANGE, MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
 # Columns read as text from CSV: identifiers keep their leading zeros, dates are parsed by the date check.
@@ -427,8 +428,8 @@ def _check_dates(table: pd.DataFrame) -> list[Problem]:
             reasons = [f"{_show(v)} is not an ISO date (YYYY-MM-DD)" for v in table.loc[bad, column]]
             problems += _problems(table.index[bad], column, reasons, "bad date")
     if len(parsed) == 2:
-        days = (parsed["mri_date"] - parsed["xray_date"]).abs().dt.days
-        apart = days > MAX_XRAY_MRI_DAYS
+        days = xray_mri_gap_days(parsed["xray_date"], parsed["mri_date"])
+        apart = too_far_apart(days)
         reasons = [f"X-ray and MRI {d:.0f} days apart (more than {MAX_XRAY_MRI_DAYS})" for d in days[apart]]
         problems += _problems(
             table.index[apart], "mri_date", reasons, f"X-ray/MRI > {MAX_XRAY_MRI_DAYS} days apart", excludable=True

@@ -52,3 +52,26 @@ def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                "first_metrics": first_metrics}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def clinical_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Phantom shards, a `levels` and an `any` run of fold checkpoints on them (`support.runs`), each evaluated by
+    `hnp eval`: the levels run with `--calibrate platt --prevalence 0.2`, Grad-CAM and the pointing game. What the
+    clinical report tests (calibration, operating points, compare, report.html) read."""
+    from support.runs import build_phantom_shards, build_run, tiny_config
+
+    from hnp.cli import main
+
+    folder = tmp_path_factory.mktemp("clinical")
+    shards, truth = build_phantom_shards(folder)
+    runs = {task: build_run(folder / task, shards, tiny_config(task)) for task in ("levels", "any")}
+    extra = {"levels": ["--calibrate", "platt", "--prevalence", "0.2", "--gradcam-top", "3", "--truth", str(truth)],
+             "any": ["--gradcam-top", "0"]}
+    reports = {}
+    for task, run in runs.items():
+        reports[task] = folder / f"report-{task}"
+        argv = ["eval", "--run", str(run), "--shards", str(shards), "--out", str(reports[task]), "--bootstrap", "50",
+                "--no-wandb", *extra[task]]
+        assert main(argv) == 0
+    return {**reports, "shards": shards, "levels_run": runs["levels"], "any_run": runs["any"]}

@@ -21,7 +21,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_torch_file(path: str | Path, map_location: Any = "cpu", hint: str = "") -> Any:
+def load_torch_file(path: str | Path, map_location: Any = "cpu", hint: str = "", shown_as: str | None = None) -> Any:
     """`torch.load(path, weights_only=True)`; an empty, truncated or foreign file is an HnpError naming it.
 
     `torch.save` writes a zip archive whose directory is at the end, so a file cut short or overwritten fails
@@ -34,13 +34,15 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu", hint: str = "")
         path: the file.
         map_location: as for `torch.load`.
         hint: appended to the error message: what the user can do about it.
+        shown_as: the name the message gives the file, when `path` is a copy of it (default: `path`).
     """
     path = Path(path)
+    name = shown_as or str(path)
     suffix = f"; {hint}" if hint else ""
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise HnpError(f"{path}: cannot read it ({err.strerror or err}){suffix}") from None
+        raise HnpError(f"{name}: cannot read it ({err.strerror or err}){suffix}") from None
     if size == 0:
         reason = "empty file (0 bytes)"
     elif not zipfile.is_zipfile(path):
@@ -53,7 +55,7 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu", hint: str = "")
         except Exception as err:  # torch raises several types for damaged archives
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             reason = f"{type(err).__name__}: {first_line[:200]}"
-    raise HnpError(f"{path}: not a readable checkpoint: {reason}{suffix}")
+    raise HnpError(f"{name}: not a readable checkpoint: {reason}{suffix}")
 
 
 def _archive_problem(path: Path) -> str | None:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_text(out_dir / RUN_RECORD, json.dumps({"dataset": dataset.identity}, indent=2) + "\n")
-    outcomes = train_folds(cfg, dataset, out_dir, address=args.address)
+    outcomes = train_folds(cfg, dataset, out_dir, address=args.address, verbose=getattr(args, "verbose", False))
     for outcome in outcomes:
         log.info("fold%d: %s%s", outcome.fold, outcome.status, f" ({outcome.error})" if outcome.error else "")
     failed = [f"fold{o.fold}" for o in outcomes if o.status == "failed"]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
 from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
+from train.progress import FoldReporter
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
@@ -164,8 +166,11 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else math.nan
 
 
+StepHook = Callable[[int, int, torch.Tensor, int, float], None]
+
+
 def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world_size: int = 1,
-                    desc: str = "train", progress: bool = True) -> EpochStats:
+                    desc: str = "train", progress: bool = True, on_step: StepHook | None = None) -> EpochStats:
     """One pass over the training loader; the optimizer steps every `grad_accum` batches (and on the last).
 
     Args:
@@ -174,6 +179,9 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         world_size: workers in the fold, to count images across ranks.
         desc: progress bar label.
         progress: show a progress bar (rank 0 only).
+        on_step: called after each batch with (batch number, batches, the epoch's summed loss so far as a device
+            tensor, images so far, seconds so far); reading the tensor syncs the device, so do it rarely
+            (`train.progress.FoldReporter.step` does, once a second).
     """
     trainer.model.train()
     n_batches = len(loader)  # type: ignore[arg-type]
@@ -190,6 +198,8 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         images += n
         if step_now:
             _optimizer_step(trainer)
+        if on_step is not None:
+            on_step(i + 1, n_batches, total_loss, images, time.perf_counter() - start)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start
@@ -315,7 +325,8 @@ EpochHook = Callable[[dict[str, float], Path], None]
 
 def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dict[str, Any]],
                val_loader: Iterable[dict[str, Any]], ctx: FoldContext,
-               on_epoch_end: EpochHook | None = None, dataset: str = "") -> list[dict[str, float]]:
+               on_epoch_end: EpochHook | None = None, dataset: str = "",
+               reporter: FoldReporter | None = None, state_shown_as: str | None = None) -> list[dict[str, float]]:
     """Train one fold to `cfg.train.epochs`, resuming after the last epoch recorded in `fold_dir/state.pt`.
 
     Args:
@@ -328,6 +339,10 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
             once rank 0 has written the epoch's files (Ray reporting and W&B hang here).
         dataset: the identity of the shards' dataset.json (`hnp.shard_format.Dataset.identity`), recorded in
             best.pt so that `hnp eval` can refuse other shards.
+        reporter: rank 0's link to the driver's progress display (`train.progress`); None shows progress bars
+            on rank 0 instead.
+        state_shown_as: how messages name `fold_dir/state.pt` when it is a copy (Ray restores a checkpoint into
+            a temporary folder: a damaged one is named where it is stored).
 
     Returns:
         The whole history, one row per epoch.
@@ -335,26 +350,35 @@ def train_fold(cfg: ExperimentConfig, fold_dir: Path, train_loader: Iterable[dic
     log = FoldLogger(ctx)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # type: ignore[arg-type]
     trainer = build_trainer(cfg, steps_per_epoch, ctx)
-    history, best = resume(trainer, fold_dir / STATE_FILE, ctx)
-    if history:
-        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+    history, best = resume(trainer, fold_dir / STATE_FILE, ctx, shown_as=state_shown_as)
     is_main = ctx.rank == 0
+    if history and is_main:
+        log.info("resuming after epoch %d of %d (best mean AUC %.4f)", len(history), cfg.train.epochs, best)
+        if reporter is not None:
+            reporter.resumed(len(history))
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
         # Every epoch draws from its own seeds (dropout per rank, the loader's order and jitter), so a resumed fold
         # trains its remaining epochs as an uninterrupted one would have.
         seed_everything(stream_seed(cfg.train.seed, ctx.rank, epoch))
         _set_epoch(train_loader, epoch)
-        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=is_main,
-                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}")
+        bars = is_main and reporter is None
+        stats = train_one_epoch(trainer, train_loader, world_size=ctx.world_size, progress=bars,
+                                desc=f"fold{ctx.fold} epoch {epoch}/{cfg.train.epochs}",
+                                on_step=None if reporter is None else partial(reporter.step, epoch))
+        if reporter is not None:
+            reporter.validating(epoch)
         val = evaluate(trainer.module, val_loader, trainer.loss_fn, task=trainer.task, amp=cfg.train.amp,
-                       device=ctx.device, channels_last=cfg.train.channels_last, progress=is_main)
+                       device=ctx.device, channels_last=cfg.train.channels_last, progress=bars)
         history.append(history_row(epoch, stats, val))
         improved = not math.isnan(val.auc_mean) and not val.auc_mean <= best
         best = val.auc_mean if improved else best
         if is_main:
             write_epoch_files(fold_dir, trainer, cfg, ctx.fold, history, val if improved else None, best, dataset)
-        log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
-                 val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+        if is_main:
+            log.info("epoch %d: loss %.4f val_loss %.4f mean AUC %.4f%s, %.1f img/s", epoch, stats.loss, val.loss,
+                     val.auc_mean, " (best)" if improved else "", stats.images_per_s)
+        if reporter is not None:
+            reporter.epoch_done(epoch, stats.loss, val.auc_mean, stats.images_per_s)
         if on_epoch_end is not None:
             on_epoch_end(history[-1], fold_dir)
     return history
@@ -384,21 +408,28 @@ def write_epoch_files(fold_dir: Path, trainer: Trainer, cfg: ExperimentConfig, f
                       fold_dir / STATE_FILE)
 
 
-def resume(trainer: Trainer, state_path: Path, ctx: FoldContext) -> tuple[list[dict[str, float]], float]:
-    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC."""
+def resume(trainer: Trainer, state_path: Path, ctx: FoldContext,
+           shown_as: str | None = None) -> tuple[list[dict[str, float]], float]:
+    """Load `state.pt` into the trainer if it exists; return the history so far and the best mean AUC.
+
+    Args:
+        shown_as: the name messages give the file (its stored original when `state_path` is a copy).
+    """
     if not state_path.is_file():
         return [], -math.inf
+    name = shown_as or str(state_path)
     restart = "delete it (or the fold folder) to train the fold again from epoch 1"
-    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}")
+    state = load_torch_file(state_path, map_location=ctx.device, hint=f"the fold cannot resume from it; {restart}",
+                            shown_as=name)
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise HnpError(f"{state_path}: not a training state (no {', '.join(missing)}); {restart}")
+        raise HnpError(f"{name}: not a training state (no {', '.join(missing)}); {restart}")
     try:
         trainer.module.load_state_dict(state["model_state"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as err:
-        raise HnpError(f"{state_path}: cannot resume from it ({err}); was it written by another config? "
+        raise HnpError(f"{name}: cannot resume from it ({err}); was it written by another config? "
                        "Delete the fold folder to start the fold again") from err
     return list(state["history"]), float(state["best_auc_mean"])

@@ -1,8 +1,8 @@
 """Ray orchestration: every fold is a Ray Train `TorchTrainer` (DDP over `workers_per_fold` workers), and the
-folds run side by side as Ray Tune trials, at most `max_concurrent_folds` at once.
-
-Ray 2.60 runs Train V2, where a Tuner cannot take a trainer directly: each Tune trial runs `run_fold_trial`,
-which builds its fold's TorchTrainer and calls `fit()` (the Train V2 + Tune pattern). Fault tolerance:
+folds run side by side, at most `max_concurrent_folds` at once: the driver calls each fold's `fit()` from its own
+thread (`fit_fold`). Train V2's `fit()` only waits on the fold's controller actor, so a thread is all a fold
+needs on the driver: no Tune trial process per fold, and the fold folders are written where the run folder is.
+Fault tolerance:
 - each epoch rank 0 reports the fold folder (best.pt, history.csv, val_predictions.parquet, state.pt) as a Ray
   checkpoint, persisted under `ray.storage_path` (a local folder or a cloud URI);
 - a failed worker group is restarted up to `ray.max_failures` times and resumes from `ray.train.get_checkpoint()`,
@@ -11,14 +11,17 @@ which builds its fold's TorchTrainer and calls `fit()` (the Train V2 + Tune patt
   the run folder) are not started again, and Ray Train V2 restores each unfinished fold's latest checkpoint;
 - a fold that fails for good is reported by name after the other folds finish.
 
-The run folder must be reachable from the node running each fold's trial (one machine, or shared storage).
+The fold folders are written by the driver; each fold's W&B run and its log go to the run folder from the node
+its rank 0 runs on, so on several machines the run folder should be shared storage (or W&B off).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,14 @@ import pandas as pd
 from hnp.config import ExperimentConfig, build_dataclass, config_to_dict
 from hnp.errors import HnpError
 from hnp.shard_format import Dataset, fold_split
+from train.console import RayOutputToFile
 from train.loop import FoldContext, train_fold
-from train.wandb_log import log_epoch, start_fold_run
+from train.progress import RESTARTED, FoldReporter, ProgressDisplay, start_board
+from train.wandb_log import fold_run_id, log_epoch, start_fold_run
 
 log = logging.getLogger("hnp.train")
-# A fold's trial only waits on its trainer (the workers hold the real CPUs and GPUs), but Tune wants a resource.
-TRIAL_CPU = 0.01
+# Our named actors (the progress boards) live here, so a tool on the same cluster can find a run's board.
+RAY_NAMESPACE = "hnp"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,25 +81,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         checkpoint.to_directory(str(work_dir))
     run = start_fold_run(cfg, fold, out_dir) if ctx.rank == 0 else None
+    reporter = FoldReporter(config["progress_board"], fold, cfg.train.epochs) if ctx.rank == 0 else None
 
     def report(row: dict[str, float], path: Path) -> None:
         log_epoch(run, row)
         # Ray: every rank reports; rank 0 attaches the fold folder, which Ray copies to storage_path.
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0 else None)
+        try:
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(path)) if ctx.rank == 0
+                             else None)
+        except OSError as err:  # the copy to storage: a full or read-only disk, a lost mount
+            raise HnpError(storage_failure(config["storage"], fold, int(row["epoch"]), err)) from err
 
     try:
-        train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report, dataset=config["dataset"])
+        train_fold(cfg, work_dir, train_loader, val_loader, ctx, on_epoch_end=report, dataset=config["dataset"],
+                   reporter=reporter, state_shown_as=_stored_name(checkpoint, "state.pt"))
     finally:
         if run is not None:
             run.finish()
 
 
-def run_fold_trial(config: dict[str, Any]) -> None:
-    """Ray Tune trial: build one fold's TorchTrainer, fit it, and copy its last checkpoint to the run folder."""
+def storage_failure(storage: str, fold: int, epoch: int, err: OSError) -> str:
+    """The message for a checkpoint that could not be stored: where, why, and what still holds."""
+    return (f"ray.storage_path {storage}: could not store fold{fold}'s epoch-{epoch} checkpoint there "
+            f"({err.strerror or err}); the fold's last stored checkpoint is intact: free space there (or set "
+            "ray.storage_path to another place) and relaunch to resume from it")
+
+
+def _stored_name(checkpoint: Any, member: str) -> str | None:
+    """Where a restored checkpoint's file is stored (its path under ray.storage_path), for messages about it."""
+    return None if checkpoint is None else f"{checkpoint.path.rstrip('/')}/{member}"
+
+
+def fit_fold(config: dict[str, Any]) -> None:
+    """One fold, on the driver (in its own thread): build its TorchTrainer, fit it, and copy its last checkpoint
+    into the run folder. Raises what `fit()` raises when the fold fails for good."""
     cfg = build_dataclass(ExperimentConfig, config["experiment"], prefix="")
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     fold = int(config["fold"])
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})}
@@ -107,8 +130,7 @@ def run_fold_trial(config: dict[str, Any]) -> None:
         # Ray: the same name + storage on a relaunch makes Train V2 restore the fold's latest checkpoint.
         run_config=RunConfig(name=f"{cfg.name}-fold{fold}", storage_path=config["storage"],
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[TuneReportCallback()]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -123,9 +145,10 @@ class FoldOutcome:
     error: str = ""
 
 
-def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path,
-                address: str | None = None) -> list[FoldOutcome]:
-    """Train every unfinished fold with Ray, at most `cfg.ray.max_concurrent_folds` at once.
+def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, address: str | None = None,
+                verbose: bool = False) -> list[FoldOutcome]:
+    """Train every unfinished fold with Ray, at most `cfg.ray.max_concurrent_folds` at once, with one progress
+    display for all of them.
 
     Args:
         cfg: the experiment config (its fold count checked against the dataset's: `train.cli.check_folds`).
@@ -133,6 +156,8 @@ def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path,
         out_dir: the run folder; fold{k}/ folders land in it.
         address: a Ray cluster to join; None joins RAY_ADDRESS when set (as under `ray job submit`),
             else starts Ray on this machine.
+        verbose: let Ray's and the workers' own output through to the console; otherwise it goes to
+            `<out_dir>/logs/ray.log` (`train.console`), named here at the start and with any error.
 
     Returns:
         One outcome per fold; failed folds carry their error.
@@ -143,15 +168,56 @@ def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path,
     for k in outcomes:
         log.info("fold%d: already finished in %s, not retrained", k, fold_dir(out_dir, k))
     if pending:
-        started_here = _init_ray(cfg, address)
-        try:
-            outcomes.update(_run_trials(cfg, dataset, out_dir, pending))
-        finally:
-            if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
-                import ray
+        ray_log = out_dir / "logs" / "ray.log"
+        with RayOutputToFile(ray_log, enabled=not verbose) as output:
+            if output.enabled:
+                log.info("training fold%s %s; Ray's own output goes to %s (-v shows it here)",
+                         "s" if len(pending) > 1 else "", ", ".join(map(str, pending)), ray_log)
+            started_here = _init_ray(cfg, address)
+            try:
+                name = progress_board_name(cfg, out_dir)
+                board = start_board(name)
+                display = ProgressDisplay(board, pending, cfg.train.epochs, output.console,
+                                          live=output.live and output.enabled)
+                with display, output.logging_to(display):
+                    outcomes.update(_run_folds(cfg, dataset, out_dir, pending, name, display, ray_log))
+                record_resumes(board, out_dir)
+            finally:
+                if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
     return [outcomes[k] for k in range(cfg.folds)]
+
+
+FAULTS_FILE = "faults.jsonl"
+
+
+def record_resumes(board: Any, out_dir: Path) -> list[dict[str, Any]]:
+    """Log each time a fold started from a checkpoint in this launch; the restarts after a worker failure are
+    also appended to `<out_dir>/faults.jsonl`: a fault survived is recorded, never a silent restart.
+
+    Returns:
+        the restarts after a failure.
+    """
+    import ray
+
+    faults = []
+    for event in ray.get(board.resumes.remote()):
+        failure = event["event"] == RESTARTED
+        log.log(logging.WARNING if failure else logging.INFO, "fold%d %s: resumed after epoch %d (the epochs "
+                "checkpointed before are kept, none is trained twice)", event["fold"], event["event"],
+                event["after_epoch"])
+        faults += [event] if failure else []
+    if faults:
+        with open(out_dir / FAULTS_FILE, "a") as handle:
+            handle.writelines(json.dumps(fault) + "\n" for fault in faults)
+    return faults
+
+
+def progress_board_name(cfg: ExperimentConfig, out_dir: Path) -> str:
+    """The progress board's Ray name: the experiment and its run folder (two runs on one cluster never mix)."""
+    return f"{cfg.name}-{fold_run_id(cfg, 0, out_dir).rsplit('-', 1)[-1]}"
 
 
 def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
@@ -163,16 +229,20 @@ def _init_ray(cfg: ExperimentConfig, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address or os.environ.get("RAY_ADDRESS"):
-        _ray_init(address=address)  # None reads RAY_ADDRESS; the job's runtime env already ships the code
+        _ray_init(address=address, namespace=RAY_NAMESPACE)  # None reads RAY_ADDRESS; a job ships its own code
         return True
     # A local Ray: the workers import this repository's packages from its root, installed or not.
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     # Declare at least the CPUs the configured concurrency asks for, so a small machine runs the folds
     # side by side (time-shared) instead of leaving the last ones waiting forever for a free CPU.
-    fold_cpus = cfg.ray.workers_per_fold * cfg.ray.cpus_per_worker + TRIAL_CPU
+    fold_cpus = cfg.ray.workers_per_fold * cfg.ray.cpus_per_worker
     wanted = math.ceil(min(cfg.folds, cfg.ray.max_concurrent_folds) * fold_cpus)
-    _ray_init(include_dashboard=False, num_cpus=max(os.cpu_count() or 1, wanted),
-              runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    # The dashboard serves Ray's State API, which each fold's PlacementGroupCleaner (Ray Train V2) polls every
+    # second to see whether the fold's controller is alive; without it every poll fails with a warning, and a
+    # dead controller's placement group would never be cleaned up. On this machine only, with token auth.
+    # address="local": a new Ray of our own, never one another program left running on this machine.
+    _ray_init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+              num_cpus=max(os.cpu_count() or 1, wanted), runtime_env={"env_vars": {"PYTHONPATH": python_path}}, namespace=RAY_NAMESPACE)
     return True
 
 
@@ -184,32 +254,36 @@ def _ray_init(**kwargs: object) -> None:
         ray.init(**kwargs)
     except Exception as err:  # Ray raises bare Exception, ConnectionError or RuntimeError here
         address = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
-        where = f"the Ray cluster at {address}" if "address" in kwargs else "a local Ray"
+        where = "a local Ray" if address == "local" else f"the Ray cluster at {address}"
         raise HnpError(f"could not start or join {where}: {err}. On a busy machine, run it again; "
                        "to use a cluster, pass --address or set RAY_ADDRESS") from err
 
 
-def _run_trials(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, folds: list[int]) -> dict[int, FoldOutcome]:
-    from ray import tune
-
+def _run_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, folds: list[int], board: str,
+               display: ProgressDisplay, ray_log: Path) -> dict[int, FoldOutcome]:
+    """Fit the folds, `max_concurrent_folds` threads at a time; a fold that fails is reported when it fails and
+    the others go on."""
     storage = cfg.ray.storage_path or str(out_dir / "ray")
     base = {"experiment": config_to_dict(cfg), "shards": str(dataset.folder.resolve()), "dataset": dataset.identity,
-            "out": str(out_dir), "storage": storage}
-    tuner = tune.Tuner(
-        tune.with_resources(run_fold_trial, {"cpu": TRIAL_CPU}),
-        param_space={**base, "fold": tune.grid_search(folds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_folds),
-        run_config=tune.RunConfig(name=f"{cfg.name}-folds", storage_path=storage, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
+            "out": str(out_dir), "storage": storage, "progress_board": board}
+    pool = ThreadPoolExecutor(max(1, cfg.ray.max_concurrent_folds), thread_name_prefix="hnp-fold")
+    futures = {pool.submit(fit_fold, {**base, "fold": fold}): fold for fold in folds}
     outcomes = {}
-    for result in tuner.fit():
-        fold = int(result.config["fold"])
-        if result.error is not None:
-            outcomes[fold] = FoldOutcome(fold, "failed", _error_line(result.error))
-            log.error("fold%d failed: %s", fold, outcomes[fold].error)
-        else:
-            outcomes[fold] = FoldOutcome(fold, "trained")
+    try:
+        for future in as_completed(futures):
+            fold = futures[future]
+            error = future.exception()
+            if error is None:
+                outcomes[fold] = FoldOutcome(fold, "trained")
+                continue
+            outcomes[fold] = FoldOutcome(fold, "failed", _error_line(error))
+            display.mark_failed(fold)
+            log.error("fold%d failed: %s\n%s\n(Ray's own output: %s)", fold, outcomes[fold].error,
+                      str(error).strip(), ray_log)
+    finally:
+        # An interrupt leaves the other folds' threads waiting on Ray: don't wait for them here, the Ray shutdown
+        # that follows ends their fits.
+        pool.shutdown(wait=False, cancel_futures=True)
     return outcomes
 
 

@@ -28,6 +28,8 @@ from train import cli  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's and the workers' own output (default: to <out>/logs/ray.log)")
     cli.add_arguments(parser)
     return parser.parse_args(argv)
 
