@@ -28,7 +28,6 @@ def test_pipeline_throughput_runs_every_measurement(tmp_path: Path, capsys: pyte
                            "torch loader (float tensors, CPU)"]
     for row in table.values():
         assert row["img_s"] > 0 and row["cpu_ms_per_img"] > 0 and row["cpu_ratio"] > 0
-    assert table[bench.RAW]["wall_ratio"] == 1.0
     assert "| DALI CPU pipeline (uint8 batches) |" in capsys.readouterr().out
 
 
