@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from support import demo
 from support.manifests import write_manifest
+from support.runs import build_trained_world
 
 
 @pytest.fixture
@@ -19,6 +20,13 @@ def make_manifest(tmp_path: Path) -> Callable[..., Path]:
         return write_manifest(tmp_path / "data", **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The briefly trained phantom run the eval tests share (`support.runs.build_trained_world`): read it, never
+    write into it (copy what a test must change)."""
+    return build_trained_world(tmp_path_factory.mktemp("trained-world"))
 
 
 @pytest.fixture(scope="session")

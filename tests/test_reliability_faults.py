@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.runs import build_phantom_shards, build_run, tiny_config
 from test_train_loop import BandLoader
 from test_train_ray import band_shards
 
@@ -110,30 +109,67 @@ def _digest(path: Path) -> str:
 # ---- checkpoints are written atomically -------------------------------------------------------------------------
 
 
-def test_a_write_killed_half_way_leaves_the_old_file_whole(tmp_path: Path) -> None:
-    """atomic_write (best.pt, state.pt, history.csv, predictions) writes a temporary file and renames it: when the
-    writer dies half way, the target still holds the previous complete file and no temporary is trusted."""
+# Writes half of a new best.pt through atomic_write, says so, and waits to be killed.
+HALF_WRITE = """
+import sys, time
+from pathlib import Path
+from hnp.files import atomic_write
+
+def half_then_wait(tmp):
+    with tmp.open("wb") as handle:
+        handle.write(b"epoch 2, half")
+        handle.flush()
+        print("half written", flush=True)
+        time.sleep(120)
+        handle.write(b" and the rest")
+
+atomic_write(Path(sys.argv[1]), half_then_wait)
+"""
+
+
+def test_a_write_killed_half_way_leaves_the_old_file_whole(tmp_path: Path, private_env: dict[str, str]) -> None:
+    """atomic_write (best.pt, state.pt, history.csv, predictions) writes a temporary file and renames it: a writer
+    SIGKILLed half way leaves the target holding the previous complete file; only its temporary is left over."""
     target = tmp_path / "best.pt"
     target.write_bytes(b"epoch 1, complete")
-
-    def dies_half_way(tmp: Path) -> None:
-        tmp.write_bytes(b"epoch 2, half")
-        raise KeyboardInterrupt  # what a signal does to the writer
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, dies_half_way)
+    writer = subprocess.Popen([sys.executable, "-c", HALF_WRITE, str(target)], env=private_env, stdout=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        assert writer.stdout.readline() == b"half written\n"
+        assert target.read_bytes() == b"epoch 1, complete"
+    finally:
+        _kill_tree(writer)
+    assert writer.returncode == -signal.SIGKILL
     assert target.read_bytes() == b"epoch 1, complete"
-    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p != target)
+    assert len(leftovers) == 1 and leftovers[0].startswith(".best.pt.") and leftovers[0].endswith(".tmp"), leftovers
     atomic_write(target, lambda tmp: tmp.write_bytes(b"epoch 2, complete"))
     assert target.read_bytes() == b"epoch 2, complete"
 
 
-def test_training_writes_every_fold_file_through_atomic_write() -> None:
-    """The code path: train/loop.py writes the fold files only through train.checkpoint's atomic helpers."""
-    source = (REPO / "train" / "loop.py").read_text()
-    assert "atomic_write(fold_dir / \"history.csv\"" in source and "atomic_torch_save(" in source
-    for call in ("torch.save(", ".to_csv(fold_dir", ".to_parquet(fold_dir", "write_text("):
-        assert call not in source, call
+def test_training_writes_every_fold_file_by_renaming_a_finished_temporary(tmp_path: Path) -> None:
+    """What train_fold does on disk, watched through Python's audit events: every file of the fold folder (best.pt,
+    val_predictions.parquet, history.csv, state.pt) gets its final bytes by a rename of a finished temporary file in
+    the same folder, never by writing to its own name (a kill mid-write would leave half a file there)."""
+    fold_dir = (tmp_path / "fold0").resolve()
+    renamed: dict[str, tuple[int, int, int]] = {}  # final name -> (inode, size, mtime) of what was renamed onto it
+
+    def watch(event: str, args: tuple) -> None:
+        if event == "os.rename" and Path(os.fsdecode(args[1])).parent == fold_dir:
+            source = os.stat(args[0])
+            renamed[Path(os.fsdecode(args[1])).name] = (source.st_ino, source.st_size, source.st_mtime_ns)
+
+    watching = True
+    sys.addaudithook(lambda event, args: watching and watch(event, args))  # hooks cannot be removed: switched off
+    try:
+        train_fold(load_config("tiny", ["train.epochs=2"]), fold_dir, BandLoader(32, 16, seed=1),
+                   BandLoader(32, 16, seed=2), FoldContext(fold=0))
+    finally:
+        watching = False
+    files = {path.name: path.stat() for path in fold_dir.iterdir()}
+    assert set(files) == {"best.pt", "val_predictions.parquet", "history.csv", "state.pt"}
+    for name, stat in files.items():
+        assert renamed.get(name) == (stat.st_ino, stat.st_size, stat.st_mtime_ns), name  # unchanged since
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "flipped bytes", "not a state"])
@@ -189,9 +225,9 @@ report.write_metrics = write_metrics
 
 
 @pytest.mark.slow
-def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str]) -> None:
-    shards, _ = build_phantom_shards(tmp_path, patients=16)
-    run = build_run(tmp_path, shards, tiny_config())
+def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str],
+                                                             trained_world: dict[str, Path]) -> None:
+    shards, run = trained_world["shards"], trained_world["run"]  # read only: the reports go to tmp_path
     args = ["--run", str(run), "--shards", str(shards), "--gradcam-top", "2", "--no-wandb"]
     reference = tmp_path / "reference"
     assert main(["eval", *args, "--out", str(reference)]) == 0

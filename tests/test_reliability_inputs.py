@@ -261,13 +261,10 @@ def test_random_manifests_give_problems_naming_rows_never_a_traceback(image_fold
 
 
 @pytest.fixture(scope="module")
-def eval_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Phantom shards (4 folds + test) and a run of 4 untrained fold checkpoints (tests/support/runs.py)."""
-    from support.runs import build_phantom_shards, build_run, tiny_config
-
-    folder = tmp_path_factory.mktemp("missing_folds")
-    shards, _ = build_phantom_shards(folder, patients=16)
-    return {"shards": shards, "run": build_run(folder, shards, tiny_config()), "folder": folder}
+def eval_world(trained_world: dict[str, Path]) -> dict[str, Path]:
+    """The shared trained phantom run (conftest.py): shards (4 folds + test) and 4 fold checkpoints; copied before
+    a test damages them."""
+    return trained_world
 
 
 def _copy_without(source: Path, target: Path, missing: str) -> Path:
@@ -304,7 +301,8 @@ def test_eval_refuses_a_run_folder_missing_a_fold(eval_world: dict[str, Path], t
     argv = ["eval", "--run", str(run), "--shards", str(eval_world["shards"]), "--out", str(tmp_path / "report"),
             "--gradcam-top", "0", "--no-wandb"]
     assert main(argv) == 2
-    assert "fold2" in capsys.readouterr().err
+    assert f"hnp eval: error: {run}: the run has 4 folds but fold2/best.pt is missing" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()  # refused before anything was written
 
 
 def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, Path], tmp_path: Path,

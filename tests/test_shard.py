@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import wds2idx  # DALI's index tool, shipped in the nvidia-dali wheel
 from support.manifests import PATIENT_ID_PREFIX
 
 from hnp.cli import COMMANDS
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
+from hnp.shard_format import SCHEMA_VERSION, read_dataset
 from sharding import shard_cli, shards
 from sharding.build import ShardOptions, shard_manifest
 from sharding.shards import parse_byte_size, ustar_header
@@ -130,6 +132,19 @@ def test_layout_samples_and_counts(make_manifest: Callable[..., Path], tmp_path:
     assert sorted(seen_rows) == list(range(80))  # every row exactly once
 
 
+@pytest.mark.parametrize(("folds", "seed"), [(4, 0), (3, 7)])
+def test_dataset_json_records_version_levels_folds_and_seed(make_manifest: Callable[..., Path], tmp_path: Path,
+                                                           folds: int, seed: int) -> None:
+    out = tmp_path / "out"
+    dataset = shard(make_manifest(patients=24), out, folds=folds, seed=seed)
+    assert dataset["schema_version"] == SCHEMA_VERSION == 2
+    assert dataset["levels"] == ["L1-2", "L2-3", "L3-4", "L4-5", "L5-S1"]
+    assert dataset["label_vector"] == [*dataset["levels"], "any", "age"]
+    assert (dataset["folds"], dataset["seed"]) == (folds, seed)
+    assert list(dataset["splits"]) == [f"fold{k}" for k in range(folds)] + ["test"]
+    assert read_dataset(out).folds == folds
+
+
 def test_no_patient_in_two_splits(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     shard(make_manifest(patients=60, images_per_patient=3), out)
@@ -150,7 +165,6 @@ def test_samples_are_shuffled_within_a_split(make_manifest: Callable[..., Path],
 
 
 def test_index_files_match_dali_wds2idx(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
-    wds2idx = pytest.importorskip("wds2idx")
     out = tmp_path / "out"
     dataset = shard(make_manifest(patients=20), out)
     for entry in dataset["splits"]["fold1"]["shards"]:
@@ -176,7 +190,6 @@ def test_readable_by_webdataset(make_manifest: Callable[..., Path], tmp_path: Pa
 
 
 def test_readable_by_dali_cpu_reader_with_our_indexes(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
-    pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
     out = tmp_path / "out"

@@ -65,6 +65,50 @@ def test_each_stratum_is_spread_evenly_over_the_folds() -> None:
     assert (images.max(axis=1) - images.min(axis=1)).max() <= 8
 
 
+def _patients(*groups: tuple[int, int, tuple[str, ...]]) -> tuple[pd.Series, pd.DataFrame]:
+    """Rows of patients given as (patients, images each, positive level columns) groups; patient ids P0, P1, ..."""
+    names, rows = [], []
+    for count, images, positive in groups:
+        for _ in range(count):
+            name = f"P{len(set(names))}"
+            names += [name] * images
+            rows += [[int(column in positive) for column in LEVEL_COLUMNS]] * images
+    return pd.Series(names), pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_patient_goes_where_its_stratum_has_fewest_images_then_where_all_have_fewest(seed: int) -> None:
+    # stratum "no HNP" first: 5 patients of 5 images leave the folds at 10, 5, 5, 5 images; the 5 one-image
+    # patients of stratum "L1-2" then go to folds 1, 2, 3 (none of their stratum yet, fewest in all), 0 (the only
+    # one without), and 1 (one each: fewest in all). A count shared by the strata would keep them off fold 0.
+    patients, labels = _patients((5, 5, ()), (5, 1, ("L1_2",)))
+    folds = assign_folds(patients, labels, 4, seed)
+    images = pd.crosstab(labels["L1_2"].to_numpy(), folds)  # rows: stratum (0, 1); columns: fold
+    assert images.loc[0].tolist() == [10, 5, 5, 5] and images.loc[1].tolist() == [1, 2, 1, 1]
+    # within a stratum the patients with most images go first: 4 to fold 0, the four 1s to folds 1, 2, 3, 1
+    patients, labels = _patients((1, 4, ()), (4, 1, ()))
+    assert np.bincount(assign_folds(patients, labels, 4, seed)).tolist() == [4, 2, 1, 1]
+    # as many patients as folds is enough
+    patients, labels = _patients((4, 2, ()))
+    assert sorted(assign_folds(patients, labels, 4, seed)) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_rare_patterns_fall_back_to_their_number_of_positive_levels_then_to_one_stratum() -> None:
+    patients, labels = _patients(
+        (6, 1, ()),  # P0-P5: no HNP, a stratum
+        (4, 1, ("L1_2",)),  # P6-P9: 4 patients (as many as folds) share a pattern: a stratum
+        (2, 1, ("L2_3",)), (2, 2, ("L3_4",)),  # P10-P13: rare patterns of one level: the one-level stratum
+        (1, 1, ("L1_2", "L2_3")), (1, 1, ("L1_2", "L3_4")), (2, 1, ("L1_2", "L2_3", "L3_4")),  # P14-P17: rare
+    )
+    strata = pd.Series(patient_strata(patients, labels, 4)).groupby(patients.to_numpy()).first()
+    members = sorted(sorted(group.index, key=lambda name: int(name[1:])) for _, group in strata.groupby(strata))
+    assert members == [[f"P{k}" for k in range(start, end)] for start, end in ((0, 6), (10, 14), (14, 18), (6, 10))]
+    # still too rare after both fallbacks (one patient of two levels): joins the most common stratum
+    patients, labels = _patients((6, 1, ()), (4, 1, ("L1_2",)), (1, 1, ("L1_2", "L2_3")))
+    strata = pd.Series(patient_strata(patients, labels, 4)).groupby(patients.to_numpy()).first()
+    assert strata["P10"] == strata["P0"] != strata["P6"]
+
+
 def test_rare_label_patterns_are_merged_into_splittable_strata() -> None:
     patients, labels = _cohort(200, 3)
     # one patient with a pattern nobody else has
@@ -87,9 +131,17 @@ def test_table1_counts_and_markdown() -> None:
     assert table.loc[("fold0", "HNP")].tolist() == [0, 0, 1, 2, 1]
     assert table.loc[("fold0", "No-HNP")].tolist() == [3, 3, 2, 1, 2]
     assert table.loc[("fold1", "Sum")].tolist() == [1] * 5
-    text = table1_markdown(table)
-    assert "| fold0 | No-HNP | 3 | 3 | 2 | 1 | 2 |\n|  | HNP | 0 | 0 | 1 | 2 | 1 |" in text
-    assert "| L1-2 | L2-3 | L3-4 | L4-5 | L5-S1 |" in text
+    assert table.index.names == ["split", "count"]
+    assert table1_markdown(table) == (
+        "| split | count | L1-2 | L2-3 | L3-4 | L4-5 | L5-S1 |\n"
+        "|---|---|---:|---:|---:|---:|---:|\n"
+        "| fold0 | No-HNP | 3 | 3 | 2 | 1 | 2 |\n"
+        "|  | HNP | 0 | 0 | 1 | 2 | 1 |\n"
+        "|  | Sum | 3 | 3 | 3 | 3 | 3 |\n"
+        "| fold1 | No-HNP | 1 | 1 | 0 | 0 | 1 |\n"
+        "|  | HNP | 0 | 0 | 1 | 1 | 0 |\n"
+        "|  | Sum | 1 | 1 | 1 | 1 | 1 |\n"
+    )
 
 
 @pytest.mark.slow

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 
 from hnp.config import builtin_configs
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from sharding.build import ShardOptions, shard_manifest
 from train import cli
 from train.model import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def band_shards(root: Path, patients: int = 40, size: int = 96, seed: int = 0) -> Path:
@@ -47,7 +56,6 @@ def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
 @pytest.mark.slow
 def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_path: Path,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    ray = pytest.importorskip("ray")
     shards, out = band_shards(tmp_path / "data"), tmp_path / "run"
     out.mkdir()
     (out / "fold3").write_text("in the way")  # fold3 cannot write its folder: it fails for good, the others finish
@@ -77,9 +85,37 @@ def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_pa
     assert sum(map(len, keys)) == len(set().union(*keys)) == 72  # each training image validated by one fold
     runs = [path.name.split("-", 3)[3] for path in (out / "wandb").glob("offline-run-*")]  # offline-run-<time>-<id>
     assert len(runs) == 8 and len(set(runs)) == 4  # 4 folds x 2 launches: the relaunch continued the same runs
-    # A third launch finds every fold finished and starts no Ray at all.
-    assert cli.run(_args(shards, out, "train.epochs=2")) == 0
-    assert not ray.is_initialized()
+    # The first launch trained its 4 folds side by side: one moment when every fold had started and none had ended.
+    intervals = _first_launch_intervals(out / "wandb")
+    assert len(intervals) == 4 and max(start for start, _ in intervals) < min(end for _, end in intervals), intervals
+    # A third launch, through the script `ray job submit` runs, finds every fold finished and starts no Ray at all.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hnpray", dir="/tmp"))  # short: Ray's unix sockets would live under it
+    try:
+        env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "WANDB_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        third = subprocess.run([sys.executable, str(REPO / "train" / "run_folds.py"), "--config", "tiny", "--shards",
+                                str(shards), "--out", str(out), "--set", "data.image_size=64", "--set",
+                                "data.batch_size=8", "--set", "train.epochs=2"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300, check=False)
+        assert third.returncode == 0, third.stderr[-3000:]
+        assert all(f"fold{k}: already finished" in third.stderr for k in range(4)), third.stderr[-3000:]
+        assert list(ray_tmp.iterdir()) == []  # no Ray session was started
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _first_launch_intervals(wandb_dir: Path) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each fold's first launch, from its W&B offline run: the folder is named when the
+    run starts (offline-run-YYYYMMDD_HHMMSS-<id>, local time, whole seconds) and its run file is last written
+    when the fold finishes. A relaunch continues the same id in a later folder."""
+    first: dict[str, Path] = {}
+    for folder in sorted(wandb_dir.glob("offline-run-*")):  # the name starts with the time: sorted = by start
+        first.setdefault(folder.name.split("-", 3)[3], folder)
+    intervals = []
+    for folder in first.values():
+        start = datetime.datetime.strptime(folder.name.split("-")[2], "%Y%m%d_%H%M%S").timestamp()
+        intervals.append((start, max(path.stat().st_mtime for path in folder.glob("run-*.wandb"))))
+    return intervals
 
 
 def test_relaunch_with_another_config_is_refused(tmp_path: Path) -> None:
