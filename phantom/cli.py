@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("wrote %d images of %d patients (%d test) to %s in %.1f s (%.0f images/s)", len(manifest),
              len(patients), int((patients["split"] == "test").sum()), config.out, seconds, len(manifest) / seconds)
     log.info("patients with HNP per level: %s",
-             ", ".join(f"{c} {int(patients[c].sum())}" for c in LEVEL_COLUMNS))
+             ", ".join(f"{level} {int(patients[c].sum())}" for level, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)))
     ceiling = read_ceiling(config.out / CEILING_FILE)
     for scope in ("image", "patient"):
         aucs = {target: ceiling_auc(ceiling, target, scope, "all") for target in (*LEVELS, "any")}

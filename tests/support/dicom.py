@@ -158,14 +158,15 @@ def _pad_border(stored: np.ndarray) -> np.ndarray:
 def expected_display(pixels: np.ndarray, encoding: str) -> np.ndarray:
     """What a correct import shows for the phantom `pixels` in `encoding`: the phantom itself, except where the file
     has no VOI (then the phantom stretched between its 0.5th and 99.5th percentiles, numpy's inverted CDF) and where
-    it is padding (black)."""
+    it is padding (black). A stretched value exactly half-way between two levels rounds up, as the importer's
+    window does (numpy's rint would round it to even: 76.5 -> 76)."""
     shown = pixels.astype(np.float64)
     if encoding.startswith(("no_voi", "deflate_no_voi")):
         low, high = np.percentile(shown, (0.5, 99.5), method="inverted_cdf")
         shown = np.clip((shown - low) / (high - low), 0, 1) * 255
     if encoding.startswith("padded"):
         shown[:PAD_ROWS] = 0
-    return np.rint(shown).astype(np.uint8)
+    return np.floor(shown + 0.5).astype(np.uint8)
 
 
 def dx_dataset(pixels: np.ndarray, encoding: str, header: PatientHeader) -> Dataset:
