@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import demo as support
 
+from eval.report import PAPER_TABLE5
 from hnp.cli import main
 from hnp.demo import DemoPaths, add_arguments, demo_stages
 from hnp.levels import LEVELS
@@ -32,13 +33,15 @@ def test_installed_demo_runs_from_another_folder_without_the_source_tree(install
 @pytest.mark.slow
 def test_demo_summary_reports_the_evaluation(installed_demo: dict) -> None:
     out = installed_demo["out"]
-    metrics = json.loads((out / "reports" / "tiny" / "metrics.json").read_text())["metrics"]
+    document = json.loads((out / "reports" / "tiny" / "metrics.json").read_text())
+    metrics, ceilings = document["metrics"], document["ceiling"]["targets"]
     aucs = {level: metrics[level]["roc_auc"] for level in LEVELS}
     assert all(auc is not None for auc in aucs.values()), aucs  # 30 test patients: both classes at every level
     summary = installed_demo["first"].stdout.decode()
     assert "hnp demo finished" in summary
-    for level, auc in aucs.items():
-        assert re.search(rf"\| {re.escape(level)} \| {auc:.3f} \|", summary), level
+    for level, auc in aucs.items():  # the model, the phantom's per-patient ceiling, the paper's Table 5
+        row = rf"\| {re.escape(level)} \| {auc:.3f} \| {ceilings[level]['patient']['ceiling']:.3f} \| "
+        assert re.search(row + rf"{PAPER_TABLE5[level][3]:.2f} \|", summary), level
     assert f"| mean | {sum(aucs.values()) / len(aucs):.3f} |" in summary
     for path in re.findall(r"^\s+(\S+)\s{2,}", summary.split("Open:", 1)[1], flags=re.M):
         assert Path(path).exists(), path
