@@ -137,7 +137,7 @@ def test_dataset_json_records_version_levels_folds_and_seed(make_manifest: Calla
                                                            folds: int, seed: int) -> None:
     out = tmp_path / "out"
     dataset = shard(make_manifest(patients=24), out, folds=folds, seed=seed)
-    assert dataset["schema_version"] == SCHEMA_VERSION == 2
+    assert dataset["schema_version"] == SCHEMA_VERSION == 3  # 3: the study index (multi-view fusion)
     assert dataset["levels"] == ["L1-2", "L2-3", "L3-4", "L4-5", "L5-S1"]
     assert dataset["label_vector"] == [*dataset["levels"], "any", "age"]
     assert (dataset["folds"], dataset["seed"]) == (folds, seed)
