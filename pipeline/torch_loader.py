@@ -119,20 +119,26 @@ class TorchLoader:
         self._batches.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batches = iter(self._loader)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except HnpError as err:
-                raise HnpError(worker_message(err)) from None
+        for batch in worker_batches(self._loader):
             yield self._to_device(batch)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         vectors = batch["vector"].to(self._device, non_blocking=True)  # (N, len(LABEL_VECTOR))
         image = normalize_batch(batch["image"].to(self._device, non_blocking=True), self._cfg)
         return {"image": image, **split_label_vector(vectors), "key": list(batch["key"])}
+
+
+def worker_batches(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches, with an HnpError from a worker reworded to its own message (`worker_message`)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except HnpError as err:
+            raise HnpError(worker_message(err)) from None
+        yield batch
 
 
 def worker_message(err: HnpError) -> str:

@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hnp.config import DataConfig
-from hnp.errors import HnpError
 from hnp.shard_format import IMAGE_EXT
 from pipeline.studies import StudySample, assemble_batch, epoch_films, film_rng
-from pipeline.torch_loader import EpochBatches, _one_cv2_thread, worker_message
+from pipeline.torch_loader import EpochBatches, _one_cv2_thread, worker_batches
 from pipeline.transforms import decode_gray, model_image
 
 
@@ -93,14 +92,7 @@ class TorchStudyLoader:
         self._batches.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batches = iter(self._loader)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except HnpError as err:
-                raise HnpError(worker_message(err)) from None
+        for batch in worker_batches(self._loader):
             studies = [self._studies[index] for index in batch["index"]]
             images = batch["image"].to(self._device, non_blocking=True)
             yield assemble_batch(studies, batch["kept"], images, self._cfg, self._device)
