@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from scipy.stats import spearmanr
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from train.model import outputs_to_predictions
 
 DELETE_FRACTIONS = (0.05, 0.1, 0.2)
@@ -66,7 +66,7 @@ def deletion_scores(models: Sequence[torch.nn.Module], task: str, images: torch.
     drops = {kind: np.zeros(len(images)) for kind in ("map", "random", "shifted")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for fraction, kind in tqdm(list(itertools.product(DELETE_FRACTIONS, drops)), desc="deletion check",
+        for fraction, kind in progress_bar(list(itertools.product(DELETE_FRACTIONS, drops)), desc="deletion check",
                                    unit="step", leave=False, disable=len(images) < 16):
             removed = torch.stack([imputer(image.cpu(), _keep_mask(heat.numpy(), fraction, kind, rng))
                                    for image, heat in zip(images, maps, strict=True)])

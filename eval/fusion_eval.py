@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from eval.samples import META_COLUMNS
+from hnp.bars import progress_bar
 from hnp.levels import VIEWS
 from hnp.predictions import KEY, VIEW
 from hnp.shard_format import split_label_vector
@@ -76,7 +76,7 @@ def film_weights(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, An
     from train.loop import autocast
 
     rows = []
-    for batch in tqdm(batches, desc="film weights", unit="batch", leave=False):
+    for batch in progress_bar(batches, desc="film weights", unit="batch", leave=False):
         inputs = model_inputs(batch, device)
         with autocast(amp, device):
             weights = torch.stack([fold.model.fuse(*inputs).weights.float() for fold in folds]).mean(dim=0).cpu()

@@ -49,8 +49,8 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.predictions import KEY, PATIENT, label_column, model_targets, prob_column
 
@@ -277,7 +277,7 @@ def export_gradcam(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     starts = range(0, len(selection), batch_size)
-    for start in tqdm(starts, desc="grad-cam", unit="batch", disable=len(starts) < 2):
+    for start in progress_bar(starts, desc="grad-cam", unit="batch", disable=len(starts) < 2):
         batch = selection.iloc[start : start + batch_size]
         loaded = [load(key) for key in batch["key"]]
         inputs = torch.from_numpy(np.stack([tensor for _, tensor in loaded]))

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from eval import bagging, report
 from eval.clinical import ClinicalOptions, clinical_evaluation
@@ -35,6 +34,7 @@ from eval.html_report import write_html_report
 from eval.metrics import metrics_table
 from eval.operating_points import parse_prevalence
 from eval.samples import read_sample_meta
+from hnp.bars import progress_bar
 from hnp.config import DataConfig
 from hnp.errors import HnpError
 from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
@@ -163,7 +163,8 @@ def predict_folds(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, A
     ages: list[torch.Tensor] = []
     for fold in folds:
         fold.model.to(device)
-    for batch in tqdm(batches, desc="predict", unit="batch", total=total, disable=total is not None and total < 2):
+    for batch in progress_bar(batches, desc="predict", unit="batch", total=total,
+                              disable=total is not None and total < 2):
         inputs = model_inputs(batch, device)  # (images,), or (films, views, mask) of a study batch
         keys.extend(batch["key"])
         batch_ages = []

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.predictions import ANY, KEY, PATIENT, VIEW, label_column
@@ -34,7 +34,7 @@ def read_sample_meta(tars: Sequence[Path]) -> pd.DataFrame:
         tars: the shard tars, e.g. `pipeline.split_shards(shards, ["test"])`.
     """
     rows = []
-    for entry in tqdm(read_samples(tars), desc="sample metadata", unit="sample", leave=False):
+    for entry in progress_bar(read_samples(tars), desc="sample metadata", unit="sample", leave=False):
         where = f"{entry.shard}: sample {entry.key}"
         meta = SampleMeta.from_json(entry.read(META_EXT), where)
         fields = split_label_vector(decode_label_vector(entry.read(LABEL_EXT), where)[None])

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from ingest.convert import (
     IMAGES_DIR,
@@ -181,7 +181,7 @@ def _stat(path: Path) -> tuple[int | None, int | None]:
 
 def _convert(jobs: list[Job], workers: int, progress: bool) -> Iterator[dict]:
     """Records of the jobs, in job order, with a progress bar."""
-    with tqdm(total=len(jobs), desc="import-dicom", unit="file", disable=not progress or not jobs) as bar:
+    with progress_bar(total=len(jobs), desc="import-dicom", unit="file", disable=not progress or not jobs) as bar:
         if workers <= 1 or len(jobs) < 2:
             keep_freed_memory()
             threads = cv2.getNumThreads()

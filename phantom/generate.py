@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.files import atomic_write
 from hnp.levels import LEVEL_COLUMNS, LEVELS
@@ -213,11 +213,11 @@ def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
 
     Args:
         config: what to write.
-        progress: show a tqdm bar (per patient).
+        progress: show a progress bar (per patient).
     """
     _prepare_out(config.out)
     chunks = _chunks(config)
-    with tqdm(total=config.patients, unit="patient", desc="phantom", disable=not progress) as bar:
+    with progress_bar(total=config.patients, unit="patient", desc="phantom", disable=not progress) as bar:
         def done(chunk: _Chunk) -> None:
             bar.update(len(chunk.registry))
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.shard_format import IMAGE_EXT, find_source
 from pipeline.dataset import SampleEntry
@@ -46,7 +45,7 @@ def dali_message(text: str) -> str:
 
 def find_bad_sample(samples: Sequence[SampleEntry]) -> str | None:
     """Read and decode each sample's image until one fails; returns that failure's message or None."""
-    for sample in tqdm(samples, desc="looking for the bad sample", unit="img", leave=False):
+    for sample in progress_bar(samples, desc="looking for the bad sample", unit="img", leave=False):
         try:
             decode_gray(sample.read(IMAGE_EXT), where=f"{sample.shard}: sample {sample.key}")
         except HnpError as err:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow
-from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.jpeg import JpegError, inspect_jpeg_file_stat
 from hnp.levels import LEVEL_COLUMNS, LEVELS, SPLITS, VIEWS
@@ -343,7 +343,7 @@ def _check_images(table: pd.DataFrame, workers: int) -> tuple[list[Problem], dic
     pool = ProcessPoolExecutor(min(workers, len(batches))) if workers > 1 and len(batches) > 1 else None
     try:
         checked = pool.map(_inspect, batches) if pool else map(_inspect, batches)
-        with tqdm(total=len(files), desc="checking images", unit="img",
+        with progress_bar(total=len(files), desc="checking images", unit="img",
                   disable=len(files) < _PROGRESS_MIN_IMAGES) as bar:
             for batch, results in zip(batches, checked, strict=True):
                 bar.update(len(batch))

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.files import atomic_write_text
 from hnp.jpeg import JpegError, inspect_jpeg
@@ -553,7 +554,7 @@ def write_shards(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, work
         out_dir: the shard folder.
         encoding: how images are written.
         workers: processes; 1 writes in this process.
-        progress: show a tqdm bar (in samples).
+        progress: show a progress bar (in samples).
 
     Returns:
         One result per spec, in plan order.
@@ -564,7 +565,7 @@ def write_shards(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, work
     atomic_write_text(out_dir / LEDGER_NAME, lines)
     total = sum(len(spec.samples) for spec in specs)
     results: dict[str, ShardResult] = {}
-    with tqdm(total=total, desc="sharding", unit="img", disable=not progress, smoothing=0.1) as bar:
+    with progress_bar(total=total, desc="sharding", unit="img", disable=not progress, smoothing=0.1) as bar:
         if workers <= 1:
             for spec in specs:
                 result = write_shard(spec, out_dir, encoding, ledger.get(spec.name), report=bar.update)

@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
+from hnp.bars import progress_bar
 from hnp.config import ExperimentConfig, OptimConfig, TrainConfig, config_to_dict
 from hnp.errors import HnpError
 from hnp.files import atomic_write
@@ -186,7 +186,7 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
     total_loss = torch.zeros((), device=trainer.device)
     images = samples = 0
     start = time.perf_counter()
-    bar = tqdm(loader, total=n_batches, desc=desc, leave=False, disable=not progress, mininterval=1.0)
+    bar = progress_bar(loader, total=n_batches, desc=desc, leave=False, disable=not progress, mininterval=1.0)
     for i, batch in enumerate(bar):
         step_now = (i + 1) % accum == 0 or i + 1 == n_batches
         loss = _forward_backward(trainer, batch, sync=step_now)
@@ -259,7 +259,7 @@ def evaluate(module: nn.Module, loader: Iterable[dict[str, Any]], loss_fn: TaskL
     keys: list[str] = []
     outputs, targets = [], []
     loss_sum = 0.0
-    for batch in tqdm(loader, desc="validate", leave=False, disable=not progress, mininterval=1.0):
+    for batch in progress_bar(loader, desc="validate", leave=False, disable=not progress, mininterval=1.0):
         with autocast(amp, device):
             out = module(*model_inputs(batch, device, channels_last))
         target = _targets(batch, task, device)
