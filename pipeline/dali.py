@@ -77,8 +77,7 @@ def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bo
             random_shuffle=training, initial_fill=max(1, cfg.shuffle_buffer),
             stick_to_shard=not training, pad_last_batch=not training)
         on_gpu = device_id is not None and cfg.dali_device == "gpu"
-        images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.GRAY)  # (H, W, 1)
-        images = preprocess_graph(images, cfg, training)
+        images = preprocess_graph(decode_graph(jpegs, on_gpu), cfg, training)
         if device_id is not None and not on_gpu:
             images = images.gpu()  # the model-size batch crosses on DALI's stream, ahead of the step that takes it
         return images, labels
@@ -96,8 +95,7 @@ def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
         training: apply `cfg.augment` when it is enabled.
     """
     size = cfg.image_size
-    if cfg.clahe:
-        images = fn.clahe(images, tiles_x=cfg.clahe_tiles, tiles_y=cfg.clahe_tiles, clip_limit=cfg.clahe_clip_limit)
+    images = clahe_graph(images, cfg)
     if cfg.resize == "stretch":
         images = fn.resize(images, size=[size, size])
     else:
@@ -106,6 +104,20 @@ def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:
     if training and cfg.augment.enabled:
         images = jitter_graph(images, cfg)
     return images
+
+
+def decode_graph(jpegs: Any, on_gpu: bool) -> Any:
+    """JPEG bytes -> uint8 gray (H, W, 1): nvJPEG (`mixed`) on the GPU, libjpeg-turbo on the CPU; the CPU decode
+    gives `pipeline.transforms.decode_gray`'s pixels."""
+    return fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.GRAY)
+
+
+def clahe_graph(images: Any, cfg: DataConfig) -> Any:
+    """CLAHE with the config's tiles and clip limit, or the images as they are when `cfg.clahe` is off: the DALI form
+    of `pipeline.transforms.apply_clahe`, pixel for pixel on the CPU."""
+    if not cfg.clahe:
+        return images
+    return fn.clahe(images, tiles_x=cfg.clahe_tiles, tiles_y=cfg.clahe_tiles, clip_limit=cfg.clahe_clip_limit)
 
 
 def jitter_graph(images: Any, cfg: DataConfig) -> Any:

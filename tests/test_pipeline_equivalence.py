@@ -1,5 +1,5 @@
-"""The two loaders preprocess alike: DALI's decode and CLAHE give OpenCV's pixels exactly; after the resize the
-tensors agree within a stated tolerance.
+"""The two loaders preprocess alike: the decode and CLAHE steps of the project's DALI graph (`pipeline.dali`) give
+OpenCV's pixels exactly; after the resize the tensors agree within a stated tolerance.
 
 Tolerance, in 8-bit gray levels (a tensor difference times std x 255): at most RESIZE_MAX_LEVELS on any pixel
 (hard edges, e.g. the test images' bright block; smooth content differs by 1-2) and RESIZE_MEAN_LEVELS on average.
@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, pipeline_def
 from support.shards import build_shards
 
 from hnp.config import AugmentConfig, DataConfig
 from pipeline import build_loader, split_shards
+from pipeline.dali import clahe_graph, decode_graph
 from pipeline.dataset import index_path, read_samples
 from pipeline.transforms import apply_clahe, channel_stats, decode_gray
 
@@ -40,15 +41,16 @@ def large_shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dali_decoded(shards: list[Path], cfg: DataConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(decoded, CLAHE'd) images of every sample, in order, from DALI's CPU operators."""
+    """(decoded, CLAHE'd) images of every sample, in order, from the project's DALI graph on the CPU: the decode
+    and CLAHE steps `pipeline.dali.build_dali_pipeline` and `preprocess_graph` are made of."""
     count = len(read_samples(shards))
 
     @pipeline_def(batch_size=count, num_threads=1, device_id=None)
     def decode_and_clahe():  # noqa: ANN202 - DALI graph definition
         jpegs = fn.readers.webdataset(paths=[str(s) for s in shards], index_paths=[str(index_path(s)) for s in shards],
                                       ext=["jpg"])
-        gray = fn.decoders.image(jpegs, device="cpu", output_type=types.GRAY)
-        return gray, fn.clahe(gray, tiles_x=cfg.clahe_tiles, tiles_y=cfg.clahe_tiles, clip_limit=cfg.clahe_clip_limit)
+        gray = decode_graph(jpegs, on_gpu=False)
+        return gray, clahe_graph(gray, cfg)
 
     pipe = decode_and_clahe()
     pipe.build()
