@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,25 +169,46 @@ def train_folds(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, address:
         log.info("fold%d: already finished in %s, not retrained", k, fold_dir(out_dir, k))
     if pending:
         ray_log = out_dir / "logs" / "ray.log"
-        with RayOutputToFile(ray_log, enabled=not verbose) as output:
-            if output.enabled:
-                log.info("training fold%s %s; Ray's own output goes to %s (-v shows it here)",
-                         "s" if len(pending) > 1 else "", ", ".join(map(str, pending)), ray_log)
-            started_here = _init_ray(cfg, address)
-            try:
-                name = progress_board_name(cfg, out_dir)
-                board = start_board(name)
-                display = ProgressDisplay(board, pending, cfg.train.epochs, output.console,
-                                          live=output.live and output.enabled)
-                with display, output.logging_to(display):
-                    outcomes.update(_run_folds(cfg, dataset, out_dir, pending, name, display, ray_log))
-                record_resumes(board, out_dir)
-            finally:
-                if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
-                    import ray
-
-                    ray.shutdown()
+        redirect = not verbose and _CONSOLE.acquire(blocking=False)
+        if not verbose and not redirect:
+            log.warning("another training in this process has the console: Ray's output of this one goes where "
+                        "that one's goes, not to %s", ray_log)
+        try:
+            with RayOutputToFile(ray_log, enabled=redirect) as output:
+                if output.enabled:
+                    log.info("training fold%s %s; Ray's own output goes to %s (-v shows it here)",
+                             "s" if len(pending) > 1 else "", ", ".join(map(str, pending)), ray_log)
+                outcomes.update(_train_with_ray(cfg, dataset, out_dir, pending, address, output, ray_log))
+        finally:
+            if redirect:
+                _CONSOLE.release()
     return [outcomes[k] for k in range(cfg.folds)]
+
+
+# The descriptors 1 and 2 are the process's. Two trainings in threads of one process (a test's, a notebook's) that
+# both redirected them would each restore what it found: the one that started second and ended last would point
+# the console into the first one's log for good. So only one at a time redirects them.
+_CONSOLE = threading.Lock()
+
+
+def _train_with_ray(cfg: ExperimentConfig, dataset: Dataset, out_dir: Path, pending: list[int], address: str | None,
+                    output: RayOutputToFile, ray_log: Path) -> dict[int, FoldOutcome]:
+    """Join or start Ray, fit the pending folds under one progress display, record the restarts."""
+    started_here = _init_ray(cfg, address)
+    try:
+        name = progress_board_name(cfg, out_dir)
+        board = start_board(name)
+        display = ProgressDisplay(board, pending, cfg.train.epochs, output.console,
+                                  live=output.live and output.enabled)
+        with display, output.logging_to(display):
+            outcomes = _run_folds(cfg, dataset, out_dir, pending, name, display, ray_log)
+        record_resumes(board, out_dir)
+        return outcomes
+    finally:
+        if started_here:  # flush the workers' logs now, not at interpreter exit after our own output
+            import ray
+
+            ray.shutdown()
 
 
 FAULTS_FILE = "faults.jsonl"
