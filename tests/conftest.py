@@ -55,18 +55,20 @@ def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="session")
-def clinical_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Phantom shards, a `levels` and an `any` run of fold checkpoints on them (`support.runs`), each evaluated by
-    `hnp eval`: the levels run with `--calibrate platt --prevalence 0.2`, Grad-CAM and the pointing game. What the
-    clinical report tests (calibration, operating points, compare, report.html) read."""
-    from support.runs import build_phantom_shards, build_run, tiny_config
+def clinical_reports(trained_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`hnp eval` of the shared briefly trained run (`trained_world`: the `levels` task) with `--calibrate platt
+    --prevalence 0.2`, Grad-CAM and the pointing game, and of an `any` run of untrained fold checkpoints on the same
+    shards (`support.runs.build_run`). What the clinical report tests (calibration, operating points, compare,
+    report.html) read; the reports are written here, the trained world is only read."""
+    from support.runs import build_run, tiny_config
 
     from hnp.cli import main
 
     folder = tmp_path_factory.mktemp("clinical")
-    shards, truth = build_phantom_shards(folder)
-    runs = {task: build_run(folder / task, shards, tiny_config(task)) for task in ("levels", "any")}
-    extra = {"levels": ["--calibrate", "platt", "--prevalence", "0.2", "--gradcam-top", "3", "--truth", str(truth)],
+    shards = trained_world["shards"]
+    runs = {"levels": trained_world["run"], "any": build_run(folder / "any", shards, tiny_config("any"))}
+    extra = {"levels": ["--calibrate", "platt", "--prevalence", "0.2", "--gradcam-top", "3", "--truth",
+                        str(trained_world["truth"])],
              "any": ["--gradcam-top", "0"]}
     reports = {}
     for task, run in runs.items():
