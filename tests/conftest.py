@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import demo
 from support.manifests import write_manifest
+from support.processes import kill_by_environment, run_until
 from support.runs import build_trained_world
 
 
@@ -31,8 +34,10 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A reduced `hnp demo` of a non-editable install, run from an empty folder (`support.demo`), then run again
-    with the same arguments; what the demo and privacy tests check."""
+    """A reduced `hnp demo` of a non-editable install, run from an empty folder (`support.demo`): SIGKILLed with
+    everything it started once a fold has finished and a later one has a registered checkpoint (`first`), then run
+    again with the same arguments (`again`), which continues and finishes; what the demo and privacy tests check.
+    `interrupted` is what the first run left (`support.demo.interrupted_state`)."""
     root = tmp_path_factory.mktemp("installed-demo")
     site = demo.install_non_editable(root)
     ray_tmp = demo.short_ray_tmp()
@@ -40,17 +45,22 @@ def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     cwd = root / "elsewhere"
     cwd.mkdir()
     out = root / "demo"
+    argv = ["demo", "--out", str(out), *demo.DEMO_ARGS]
     try:
         phantom = demo.run_hnp(["phantom", "--out", str(out / "phantom"), *demo.PHANTOM_ARGS], env, cwd, timeout=600)
         assert phantom.returncode == 0, phantom.stderr.decode()[-3000:]
-        first = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=1200)
-        assert first.returncode == 0, first.stderr.decode()[-3000:]
-        first_metrics = (out / "reports" / "tiny" / "metrics.json").read_text()
-        again = demo.run_hnp(["demo", "--out", str(out), *demo.DEMO_ARGS], env, cwd, timeout=600)
+        first = run_until([sys.executable, "-c", demo.HNP, *argv], env=env, cwd=cwd, logs=root / "first",
+                          until=lambda: demo.interruptible(out / "runs" / "tiny"), timeout=1200)
+        kill_by_environment("RAY_TMPDIR", str(ray_tmp))  # anything Ray started that outlived its parents
+        assert first.returncode == -signal.SIGKILL, f"not interrupted: {first.returncode}\n" + \
+            first.stderr.decode()[-3000:]
+        interrupted = demo.interrupted_state(out)
+        again = demo.run_hnp(argv, env, cwd, timeout=1200)
         yield {"root": root, "site": site, "out": out, "cwd": cwd, "ray_tmp": ray_tmp,
                "wandb_home": root / "wandb-home", "phantom": phantom, "first": first, "again": again,
-               "first_metrics": first_metrics}
+               "interrupted": interrupted}
     finally:
+        kill_by_environment("RAY_TMPDIR", str(ray_tmp))
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
