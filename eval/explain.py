@@ -85,6 +85,8 @@ class Explanations:
     figures: dict[str, str] = field(default_factory=dict)
     deletion: dict[str, Any] | None = None
     sanity: dict[str, Any] | None = None
+    selected: str = "test images"  # what the top K per level are: images, or studies with a map per film
+    source: str = "eval/gradcam.py"
 
 
 def explain_test_set(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars: Sequence[Path], data: DataConfig,
@@ -117,7 +119,7 @@ def explain_test_set(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars
     found = Explanations(index=index.merge(images[[KEY, VIEW]], on=KEY, how="left"), description=cams[0].describe(),
                          top=options.top)
     if options.truth is not None:
-        _score_on_truth(found, images, thresholds, options, gradcam_dir)
+        score_on_truth(found, images, thresholds, options, gradcam_dir)
     if options.checks > 0:
         checked = selection[selection["rank"] <= options.checks]
         batch = torch.from_numpy(np.stack([load(key)[1] for key in checked["key"]]))
@@ -126,8 +128,17 @@ def explain_test_set(folds: Sequence[FoldCheckpoint], images: pd.DataFrame, tars
     return found
 
 
-def _score_on_truth(found: Explanations, images: pd.DataFrame, thresholds: Mapping[str, float],
-                    options: ExplainOptions, gradcam_dir: Path) -> None:
+def score_on_truth(found: Explanations, images: pd.DataFrame, thresholds: Mapping[str, float],
+                   options: ExplainOptions, gradcam_dir: Path) -> None:
+    """The pointing game of the maps in `found.index` against `options.truth`, and a figure per level.
+
+    Args:
+        found: the maps; `pointing` and `figures` are filled in.
+        images: the explained samples (key, view), checked against the truth's.
+        thresholds: the decision threshold per level (only true positives count).
+        options: `truth` and `out`.
+        gradcam_dir: the folder of the index's heatmap paths.
+    """
     from eval.pointing import counted_images, score_maps, summarise
     from eval.truth import PhantomTruth
 
@@ -202,9 +213,9 @@ def explanation_sections(found: Explanations) -> dict[str, str]:
     lines = ["| Level | Maps | Of which HNP |", "|---|---|---|"]
     lines += [f"| {level} | {row.images} | {row.positives} |" for level, row in counts.iterrows()]
     sections = {"Grad-CAM": (
-        f"Top {found.top} test images per level by bagged probability (ties by key). Maps: **{found.description}** "
-        "(pytorch-grad-cam), the mean of the fold models' maps, in `gradcam/` (overlays .png, float32 heatmaps .npy "
-        "at image resolution, index.csv). See `eval/gradcam.py`.\n\n" + "\n".join(lines))}
+        f"Top {found.top} {found.selected} per level by bagged probability (ties by key). Maps: "
+        f"**{found.description}** (pytorch-grad-cam), the mean of the fold models' maps, in `gradcam/` (overlays .png, "
+        f"float32 heatmaps .npy at image resolution, index.csv). See `{found.source}`.\n\n" + "\n".join(lines))}
     if found.pointing is not None:
         from eval.pointing import pointing_markdown
 

@@ -35,7 +35,7 @@ _NO_VIEW = ""
 
 def view_names(study: StudySample) -> str:
     """The study's views in film order, joined by "+" (a film without a view is an empty name)."""
-    return VIEW_SEPARATOR.join(_view_name(v) for v in study.views)
+    return VIEW_SEPARATOR.join(view_name(v) for v in study.views)
 
 
 def study_meta(studies: Sequence[StudySample]) -> pd.DataFrame:
@@ -82,12 +82,13 @@ def film_weights(folds: Sequence[FoldCheckpoint], batches: Iterable[dict[str, An
             weights = torch.stack([fold.model.fuse(*inputs).weights.float() for fold in folds]).mean(dim=0).cpu()
         views = batch["view"].cpu()
         for b, (key, films) in enumerate(zip(batch["key"], batch["films"], strict=True)):
-            rows += [(key, film, _view_name(int(views[b, slot])), float(weights[b, slot]))
+            rows += [(key, film, view_name(int(views[b, slot])), float(weights[b, slot]))
                      for slot, film in enumerate(films)]
     return pd.DataFrame(rows, columns=[KEY, FILM, VIEW, WEIGHT])
 
 
-def _view_name(view: int) -> str:
+def view_name(view: int) -> str:
+    """A view id's name (`hnp.levels.VIEWS`); empty for a film without a view."""
     return VIEWS[view] if view < len(VIEWS) else _NO_VIEW
 
 

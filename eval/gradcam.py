@@ -290,8 +290,26 @@ def export_gradcam(
 
 
 def _write_one(row: pd.Series, gray: np.ndarray, heat: np.ndarray, out_dir: Path, resize: str) -> dict:
-    full = to_image_resolution(heat, gray.shape[0], gray.shape[1], resize)
     stem = Path(str(row["level"])) / f"{int(row['rank']):04d}_{row['key']}"
+    return {
+        "key": row["key"], "patient": row["patient"], "level": row["level"], "rank": int(row["rank"]),
+        "probability": float(row["probability"]), "label": int(row["label"]),
+        **write_map(gray, heat, out_dir, stem, resize),
+    }
+
+
+def write_map(gray: np.ndarray, heat: np.ndarray, out_dir: Path, stem: Path, resize: str) -> dict[str, str]:
+    """The heatmap at the radiograph's resolution as `<stem>.npy` (float32) and its overlay as `<stem>.png`, under
+    `out_dir`; returns their paths relative to it as `file` (the overlay) and `heatmap`.
+
+    Args:
+        gray: the radiograph, uint8 (H, W).
+        heat: the map on the model input, (S, S) in [0, 1].
+        out_dir: the gradcam folder.
+        stem: the files' path relative to `out_dir`, without suffix.
+        resize: the data config's resize mode (`to_image_resolution`).
+    """
+    full = to_image_resolution(heat, gray.shape[0], gray.shape[1], resize)
     (out_dir / stem.parent).mkdir(parents=True, exist_ok=True)
     np.save(out_dir / stem.with_suffix(".npy"), full)
     png = out_dir / stem.with_suffix(".png")
@@ -299,8 +317,4 @@ def _write_one(row: pd.Series, gray: np.ndarray, heat: np.ndarray, out_dir: Path
     if not encoded:
         raise HnpError(f"could not encode {png}")
     png.write_bytes(picture.tobytes())  # Python opens the file: cv2.imwrite crashed on a non-UTF-8 folder name
-    return {
-        "key": row["key"], "patient": row["patient"], "level": row["level"], "rank": int(row["rank"]),
-        "probability": float(row["probability"]), "label": int(row["label"]),
-        "file": str(stem.with_suffix(".png")), "heatmap": str(stem.with_suffix(".npy")),
-    }
+    return {"file": str(stem.with_suffix(".png")), "heatmap": str(stem.with_suffix(".npy"))}

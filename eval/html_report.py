@@ -177,7 +177,9 @@ def _card(row: Any) -> str:
     source = html.escape(row.source)
     size = f' width="{row.size[0]}" height="{row.size[1]}"' if row.size else ""
     label = "HNP" if int(row.label) == 1 else "no HNP"
-    caption = (f"#{int(row.rank)} · {html.escape(str(row.key))}<br>p = {float(row.probability):.3f} · label "
+    view = getattr(row, "view", None)  # a fusion run maps each film of a study: its view tells them apart
+    film = f" · {html.escape(view)}" if isinstance(view, str) else ""
+    caption = (f"#{int(row.rank)} · {html.escape(str(row.key))}{film}<br>p = {float(row.probability):.3f} · label "
                f"{label}<br><b>{OUTCOMES[row.outcome]}</b>")
     level = html.escape(row.level)
     return (f'<figure class="card {row.outcome}" data-level="{level}" data-outcome="{row.outcome}">'

@@ -333,13 +333,21 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
     explained = None
     if options.gradcam_top > 0 and fusion != "none":
-        log.warning("Grad-CAM of a fusion model's fused prediction is not built yet: no gradcam/ for this run")
+        from eval.fusion_explain import explain_fused_test_set
+        from pipeline.studies import read_studies
+
+        explained = explain_fused_test_set(folds, images, read_studies(options.shards, [TEST_SPLIT]), tars, data,
+                                           thresholds, explain_options(options))
     elif options.gradcam_top > 0:
         explained = explain_test_set(folds, images, tars, data, thresholds, explain_options(options))
     sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections,
                                ceiling)
     if films is not None:
         sections["Film weights per view (fusion)"] = weights_markdown(films)
+    if explained is not None and fusion != "none":
+        from eval.fusion_explain import film_share_markdown
+
+        sections["Which film carries the fused prediction"] = film_share_markdown(explained.index)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
     write_html_report(options.out)
     if options.wandb:

@@ -1,11 +1,14 @@
 """`hnp eval` of a fusion run: each test study predicted once by every fold model from all its films, the folds
-bagged per study, the studies averaged per patient; youden-oof thresholds from per-study out-of-fold predictions."""
+bagged per study, the studies averaged per patient; youden-oof thresholds from per-study out-of-fold predictions;
+a map per film of the top studies' fused prediction (eval/fusion_explain.py, checked by hand in
+tests/test_fusion_explain.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -24,6 +27,8 @@ from pipeline import split_shards
 from pipeline.studies import build_study_loader, read_studies
 from train.model import load_checkpoint
 
+MAP_LAYER = "blocks.2"
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -35,7 +40,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = build_run(folder, shards, cfg)
     out = folder / "report"
     code = main(["eval", "--run", str(run), "--shards", str(shards), "--out", str(out), "--bootstrap", "20",
-                 "--threshold", "youden-oof", "--no-wandb"])
+                 "--threshold", "youden-oof", "--gradcam-top", "2", "--gradcam-method", "hirescam",
+                 "--gradcam-layer", MAP_LAYER, "--no-wandb"])
     assert code == 0
     return {"shards": shards, "run": run, "report": out}
 
@@ -106,3 +112,25 @@ def test_each_test_film_has_its_pooling_weight_in_the_report(world: dict[str, Pa
     result = predict_patient(world["run"], paths, views=[VIEWS[v] for v in study.views], device="cpu")
     assert films.set_index("key").loc[study.key, "weight"].tolist() == pytest.approx(result["film_weights"], abs=1e-5)
     assert "## Film weights per view (fusion)" in (world["report"] / "report.md").read_text()
+
+
+def test_eval_of_a_fusion_run_maps_every_film_of_the_top_studies(world: dict[str, Path]) -> None:
+    index = pd.read_csv(world["report"] / "gradcam" / "index.csv")
+    studies = {s.key: s for s in read_dataset(world["shards"]).split_studies(["test"])}
+    ranked = pd.read_parquet(world["report"] / "predictions_studies.parquet")
+    for level, part in index.groupby("level"):
+        top = ranked.sort_values([prob_column(level), "key"], ascending=[False, True]).head(2)["key"].tolist()
+        assert list(dict.fromkeys(part["study"])) == top  # the two most confident studies, in rank order
+        for study, films in part.groupby("study"):
+            assert sorted(films["key"]) == sorted(studies[study].films)  # each of its films once
+            assert films["weight"].sum() == pytest.approx(1.0, abs=1e-4)
+            assert films["drop"].isna().all() == (len(films) == 1)
+    for row in index.itertuples():
+        heat = np.load(world["report"] / "gradcam" / row.heatmap)
+        assert heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
+        assert (world["report"] / "gradcam" / row.file).is_file()
+    report = (world["report"] / "report.md").read_text()
+    assert f"hirescam at {MAP_LAYER}, per film of the fused prediction" in report
+    assert "## Which film carries the fused prediction" in report
+    page = (world["report"] / "report.html").read_text()
+    assert all(f'src="gradcam/{file}"' in page for file in index["file"])  # every film in the gallery
