@@ -88,16 +88,22 @@ def board_name(run_name: str) -> str:
 
 
 def start_board(run_name: str) -> Any:
-    """Create the run's board actor (Ray must be initialized); it lives as long as this driver.
+    """Create the run's board actor (Ray must be initialized) on this driver's node; it lives as long as this
+    driver. Pinned there because the driver reads the board's record of restarts when the folds end: left to
+    Ray's scheduler, a zero-CPU actor lands on any node (on a cluster, mostly a worker node), and the loss of that
+    node took the record with it and failed the run after every fold had finished.
 
     Raises:
         HnpError: the name is taken: the same run is being trained by another driver on this cluster.
     """
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    # Ray: a tiny named actor with no CPU reservation, so it never waits for a free core, on the driver's node
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    board = ray.remote(num_cpus=0)(ProgressBoard)
     try:
-        # Ray: a tiny named actor with no CPU reservation, so it never waits for a free core
-        return ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(run_name)).remote()
+        return board.options(name=board_name(run_name), scheduling_strategy=here).remote()
     except ValueError as err:
         raise HnpError(f"another `hnp train` of this run is running on this Ray cluster ({err})") from err
 
