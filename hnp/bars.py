@@ -20,15 +20,19 @@ LOG_EVERY_S = 15.0
 
 
 class LineStream:
-    """A stream for tqdm that writes each redraw as a line of its own: no carriage returns, no blank clears."""
+    """A stream for tqdm that writes each redraw as a line of its own: no carriage returns, no blank clears, and
+    no line that only repeats the previous one's count (tqdm's monitor thread redraws a bar that did not move)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self._last_count = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line:  # tqdm clears a bar that does not stay by overwriting it with spaces
+        count = line.split(" [", 1)[0]  # "predict:  36%|###5      | 5/14", without the times
+        if line and count != self._last_count:  # a blank line is tqdm clearing a bar that does not stay
             self.stream.write(line + "\n")
+            self._last_count = count
 
     def flush(self) -> None:
         self.stream.flush()
@@ -43,7 +47,9 @@ def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
     """
     stream = options.pop("file", None) or sys.stderr
     if not _is_terminal(stream):
-        options.update(file=LineStream(stream), mininterval=max(options.get("mininterval", 0.0), LOG_EVERY_S))
+        # leave: a log keeps each bar's last line (else a short step shows only its 0% line)
+        options.update(file=LineStream(stream), mininterval=max(options.get("mininterval", 0.0), LOG_EVERY_S),
+                       leave=True)
     else:
         options["file"] = stream
     return tqdm(iterable, **options)

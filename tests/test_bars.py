@@ -35,7 +35,17 @@ def test_a_bar_in_a_file_writes_lines_without_carriage_returns(monkeypatch: pyte
     text = stream.getvalue()
     lines = text.splitlines()
     assert "\r" not in text and text.endswith("\n")
+    # every step once, the last kept although the bar was not to stay (on a terminal it would be cleared)
     assert [line.split("|")[0].strip() for line in lines] == ["work:   0%", "work:  33%", "work:  67%", "work: 100%"]
+
+
+def test_a_redraw_that_did_not_move_is_not_repeated() -> None:
+    stream = io.StringIO()
+    lines = bars.LineStream(stream)
+    for text in ("\rwork:  50%|#    | 1/2 [00:01<00:01]", "\rwork:  50%|#    | 1/2 [00:11<00:01]", "\r" + " " * 30,
+                 "\rwork: 100%|#####| 2/2 [00:12<00:00]", "\n"):
+        lines.write(text)
+    assert stream.getvalue() == "work:  50%|#    | 1/2 [00:01<00:01]\nwork: 100%|#####| 2/2 [00:12<00:00]\n"
 
 
 def test_a_bar_in_a_file_is_quiet_between_intervals() -> None:
