@@ -1,20 +1,25 @@
 """Training a fusion model through `train.loop` (the loop Ray's workers run): study batches in, validation AUC and
-out-of-fold predictions per study out, the fusion mode in the checkpoint."""
+out-of-fold predictions per study out, the fusion mode in the checkpoint; an exact resume, W&B, bf16 autocast."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
+import torch
 from support.studies import build_study_shards
+from support.wandb_files import completed_run_records
 
-from hnp.config import ExperimentConfig, load_config
+from hnp.config import ExperimentConfig, WandbConfig, load_config
 from hnp.levels import LEVELS
 from hnp.shard_format import read_dataset
-from train.fusion import build_fold_loader
-from train.loop import FoldContext, train_fold
+from train.fusion import build_fold_loader, build_fusion_model
+from train.loop import FoldContext, autocast, train_fold
 from train.model import load_checkpoint
+from train.wandb_log import start_fold_run
 
 
 def fusion_cfg(mode: str, **model: object) -> ExperimentConfig:
@@ -38,3 +43,56 @@ def test_a_fold_trains_on_study_batches_and_writes_per_study_predictions(tmp_pat
     best = load_checkpoint(tmp_path / "fold0" / "best.pt")
     assert best.fusion == "attention" and best.config.model.fusion_dim == 32
     assert set(best.val_auc) == set(LEVELS)
+
+
+def _fold(cfg: ExperimentConfig, shards: Path, fold_dir: Path, run: object = None) -> list[dict[str, float]]:
+    """One launch of fold 0 on fold 1 with new loaders, as a relaunched worker builds them; each epoch to W&B."""
+    from train.wandb_log import log_epoch
+
+    train = build_fold_loader(cfg, shards, ["fold1"], training=True, seed=cfg.train.seed)
+    val = build_fold_loader(cfg, shards, ["fold0"], training=False)
+    return train_fold(cfg, fold_dir, train, val, FoldContext(fold=0), on_epoch_end=lambda row, _: log_epoch(run, row))
+
+
+def test_a_resumed_fusion_fold_ends_with_the_weights_of_an_uninterrupted_one_and_logs_each_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    shards = build_study_shards(tmp_path / "data", copies=4)
+
+    def cfg(epochs: int) -> ExperimentConfig:  # view dropout and head dropout on: the draws must replay too
+        base = fusion_cfg("attention", drop_rate=0.3)
+        return replace(base, train=replace(base.train, epochs=epochs), optim=replace(base.optim, t_0=1),
+                       wandb=WandbConfig(mode="offline"))
+
+    straight = _fold(cfg(2), shards, tmp_path / "straight")
+    _fold(cfg(1), shards, tmp_path / "stopped")
+    run = start_fold_run(cfg(2), fold=0, run_dir=tmp_path / "wandb_run")
+    resumed = _fold(cfg(2), shards, tmp_path / "stopped", run)
+    run.finish()
+    columns = ["epoch", "train_loss", "val_loss", "val_auc_mean", "lr"]
+    assert pd.DataFrame(resumed)[columns].equals(pd.DataFrame(straight)[columns])
+    weights = [torch.load(folder / "state.pt", weights_only=True)["model_state"]
+               for folder in (tmp_path / "straight", tmp_path / "stopped")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    logged = [item.key or "/".join(item.nested_key) for record in completed_run_records(tmp_path / "wandb_run")
+              if record.HasField("history") for item in record.history.item]
+    assert {f"val/auc/{level}" for level in LEVELS} <= set(logged)
+    assert logged.count("val/auc_mean") == 1  # the resumed launch logs only the epoch it trained
+
+
+def test_fusion_under_bf16_autocast_scores_as_in_float32_and_trains(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = fusion_cfg("attention")
+    model = build_fusion_model(cfg.model, channels=1).eval()
+    films = torch.randn(5, 1, 32, 32)
+    views = torch.tensor([[0, 1, 4], [5, 2, -1]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    with torch.no_grad():
+        exact = model(films, views, mask)
+        with autocast("bf16", torch.device("cpu")):
+            low = model(films, views, mask)
+    assert low.dtype == torch.bfloat16 and (low.float() - exact).abs().max() < 0.05
+    shards = build_study_shards(tmp_path / "data", copies=4)
+    history = _fold(replace(cfg, train=replace(cfg.train, amp="bf16")), shards, tmp_path / "fold0")
+    assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_auc_mean"])
