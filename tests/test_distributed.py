@@ -108,26 +108,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         os.environ.pop(key, None)
     # The nodes run a submitted job's `python` from their PATH: this environment's, as for a user who activated it
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    _reload_auth_config()
-    head = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
-        "dashboard_agent_listen_port": _free_port(), "temp_dir": str(temp / "ray")})
-    workers = [_add_worker_node(head) for _ in range(2)]
-    head.wait_for_nodes()
-    ray.init(address=head.address, namespace=RAY_NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    data = tmp_path_factory.mktemp("distributed")
-    manifest = band_shards(data / "bands", patients=40).parent / "manifest.csv"
-    shards = {}
-    for folds in (2, 4):
-        shards[folds] = data / f"shards{folds}"
-        shard_manifest(ShardOptions(manifest=manifest, out=shards[folds], folds=folds, progress=False))
+    head = None
     try:
+        _reload_auth_config()
+        head = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
+            "dashboard_agent_listen_port": _free_port(), "temp_dir": str(temp / "ray")})
+        workers = [_add_worker_node(head) for _ in range(2)]
+        head.wait_for_nodes()
+        ray.init(address=head.address, namespace=RAY_NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+        data = tmp_path_factory.mktemp("distributed")
+        manifest = band_shards(data / "bands", patients=40).parent / "manifest.csv"
+        shards = {}
+        for folds in (2, 4):
+            shards[folds] = data / f"shards{folds}"
+            shard_manifest(ShardOptions(manifest=manifest, out=shards[folds], folds=folds, progress=False))
         yield {"cluster": head, "workers": workers, "shards": shards, "temp": temp, "token": token.read_text()}
-    finally:
+    finally:  # also when the cluster did not start: this process's environment and Ray's config go back
         ray.shutdown()
         try:
-            head.shutdown()
-        except ValueError:  # a failed test's training thread reconnected; the processes still go at exit
+            if head is not None:
+                head.shutdown()
+        except ValueError:  # a training thread reconnected after ray.shutdown(); the processes still go at exit
             pass
         shutil.rmtree(temp, ignore_errors=True)
         for key, value in saved.items():
