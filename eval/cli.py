@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eval.gradcam import add_map_arguments
+from eval.map_options import add_map_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

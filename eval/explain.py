@@ -34,7 +34,6 @@ from eval.faithfulness import (
     sanity_summary,
 )
 from eval.gradcam import (
-    DEFAULT_METHOD,
     ClassActivationMap,
     bagged_maps,
     export_gradcam,
@@ -42,6 +41,7 @@ from eval.gradcam import (
     resolve_layers,
     select_top,
 )
+from eval.map_options import DEFAULT_METHOD
 from eval.samples import GrayImages
 from hnp.config import DataConfig
 from hnp.predictions import KEY, VIEW

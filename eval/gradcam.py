@@ -38,7 +38,6 @@ scaled to [0, 1] again: the explanation of the bagged prediction, as the probabi
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,25 +49,13 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from eval.map_options import AUTO_LAYER, LAST_CONV, METHOD_NAMES, MIN_CELLS
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
 from hnp.predictions import KEY, PATIENT, label_column, model_targets, prob_column
 
-METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM,
-                                     "gradcam++": GradCAMPlusPlus}
-DEFAULT_METHOD = "layercam"
-AUTO_LAYER, LAST_CONV = "auto", "last-conv"
-MIN_CELLS = 16  # cells along each side of the map: about three per level along a lumbar spine filling 60% of it
-
-
-def add_map_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--gradcam-method` and `--gradcam-layer`, shared by `hnp eval` and `hnp predict`."""
-    parser.add_argument("--gradcam-method", choices=tuple(METHODS), default=DEFAULT_METHOD,
-                        help="class activation map method (default: %(default)s; gradcam = the paper's)")
-    parser.add_argument("--gradcam-layer", metavar="NAME[,NAME]", default=AUTO_LAYER,
-                        help=f"{AUTO_LAYER} = the deepest stage with at least {MIN_CELLS} map cells along each side at "
-                             f"the model's input size; {LAST_CONV} = the last convolution layer (the paper's); or "
-                             "module names (default: %(default)s)")
+METHODS: dict[str, type[BaseCAM]] = dict(zip(METHOD_NAMES, (GradCAM, HiResCAM, LayerCAM, GradCAMPlusPlus),
+                                              strict=True))
 
 
 def last_conv_layer(model: torch.nn.Module) -> str:

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.gradcam import add_map_arguments
+from eval.map_options import add_map_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

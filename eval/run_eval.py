@@ -29,8 +29,8 @@ from eval import bagging, report
 from eval.clinical import ClinicalOptions, clinical_evaluation
 from eval.explain import ExplainOptions, Explanations, explain_test_set, explanation_json, explanation_sections
 from eval.fusion_eval import FILMS_TABLE, STUDIES_TABLE, film_weights, read_study_meta, weights_markdown
-from eval.gradcam import DEFAULT_METHOD
 from eval.html_report import write_html_report
+from eval.map_options import DEFAULT_METHOD
 from eval.metrics import metrics_table
 from eval.operating_points import parse_prevalence
 from eval.samples import read_sample_meta
