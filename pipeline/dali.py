@@ -76,13 +76,26 @@ def build_dali_pipeline(cfg: DataConfig, shards: Sequence[Path], *, training: bo
             dont_use_mmap=True,
             random_shuffle=training, initial_fill=max(1, cfg.shuffle_buffer),
             stick_to_shard=not training, pad_last_batch=not training)
-        on_gpu = device_id is not None and cfg.dali_device == "gpu"
-        images = preprocess_graph(decode_graph(jpegs, on_gpu), cfg, training)
-        if device_id is not None and not on_gpu:
-            images = images.gpu()  # the model-size batch crosses on DALI's stream, ahead of the step that takes it
-        return images, labels
+        return model_images_graph(jpegs, cfg, training, device_id), labels
 
     return hnp_pipeline()
+
+
+def model_images_graph(jpegs: Any, cfg: DataConfig, training: bool, device_id: int | None) -> Any:
+    """JPEG bytes -> the model-size uint8 images (S, S, 1) on the training device: decode, then
+    `preprocess_graph`, on the GPU or (`cfg.dali_device` "cpu", or no GPU) on CPU threads.
+
+    Args:
+        jpegs: the encoded images.
+        cfg: the data section of the config.
+        training: apply `cfg.augment` when it is enabled.
+        device_id: CUDA device, or None for a CPU-only pipeline.
+    """
+    on_gpu = device_id is not None and cfg.dali_device == "gpu"
+    images = preprocess_graph(decode_graph(jpegs, on_gpu), cfg, training)
+    if device_id is not None and not on_gpu:
+        images = images.gpu()  # the model-size batch crosses on DALI's stream, ahead of the step that takes it
+    return images
 
 
 def preprocess_graph(images: Any, cfg: DataConfig, training: bool) -> Any:

@@ -1,6 +1,6 @@
 """The DALI loader of study batches (`data.loader: dali`): the kept films of each batch's studies are read by byte
 range (`pipeline.dataset.SampleEntry`) and fed to DALI through `fn.external_source`, into the image loader's own
-decode -> CLAHE -> resize [-> jitter] graph (`pipeline.dali.preprocess_graph`): the same preprocessing, on the GPU
+decode -> CLAHE -> resize [-> jitter] graph (`pipeline.dali.model_images_graph`): the same preprocessing, on the GPU
 (nvJPEG "mixed" decode) or on CPU threads as `data.dali_device` says.
 
     loader = DaliStudyLoader(cfg.data, read_studies("shards", ["fold0"]), training=False, device="cuda:0")
@@ -26,7 +26,7 @@ from hnp.errors import HnpError
 from hnp.jpeg import JpegError, inspect_jpeg
 from hnp.shard_format import IMAGE_EXT
 from pipeline.checks import dali_message, explain_failure
-from pipeline.dali import device_index, preprocess_graph
+from pipeline.dali import device_index, model_images_graph
 from pipeline.dataset import SampleEntry, stream_seed
 from pipeline.studies import StudySample, assemble_batch, epoch_films
 from pipeline.torch_loader import EpochBatches
@@ -86,12 +86,7 @@ def build_study_pipeline(cfg: DataConfig, source: FilmBytes, max_films: int, *, 
                   prefetch_queue_depth=PREFETCH)
     def study_pipeline():  # noqa: ANN202 - DALI graph definition
         jpegs = fn.external_source(source=source, batch=True, dtype=types.UINT8, ndim=1, cycle=False)
-        on_gpu = device_id is not None and cfg.dali_device == "gpu"
-        images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.GRAY)
-        images = preprocess_graph(images, cfg, training)
-        if device_id is not None and not on_gpu:
-            images = images.gpu()
-        return images
+        return model_images_graph(jpegs, cfg, training, device_id)
 
     return study_pipeline()
 
