@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support.processes import descendants, kill_tree
 from test_train_loop import BandLoader
 from test_train_ray import band_shards
 
@@ -37,40 +38,11 @@ from train.loop import FoldContext, train_fold
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _children(pid: int) -> list[int]:
-    """Every live descendant of `pid`, read from /proc (no psutil here)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [child for child, parent in parents.items() if parent == current]
-        found += kids
-        frontier += kids
-    return found
-
-
 def _cmdline(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process we started and every process it started, as an OOM kill or a lost node would."""
-    for pid in [process.pid, *_children(process.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 240) -> None:
@@ -79,7 +51,7 @@ def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: st
         if process.poll() is not None:
             raise AssertionError(f"the process ended (status {process.returncode}) before {what}")
         if time.monotonic() > deadline:
-            _kill_tree(process)
+            kill_tree(process)
             raise AssertionError(f"no {what} within {timeout:.0f} s")
         time.sleep(0.2)
 
@@ -138,7 +110,7 @@ def test_a_write_killed_half_way_leaves_the_old_file_whole(tmp_path: Path, priva
         assert writer.stdout.readline() == b"half written\n"
         assert target.read_bytes() == b"epoch 1, complete"
     finally:
-        _kill_tree(writer)
+        kill_tree(writer)
     assert writer.returncode == -signal.SIGKILL
     assert target.read_bytes() == b"epoch 1, complete"
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p != target)
@@ -236,7 +208,7 @@ def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, pri
     process = _hnp_process(["eval", *args, "--out", str(out)], private_env, tmp_path / "eval.log", SLOW_METRICS)
     _wait_for(lambda: (out / "predictions_patients.parquet").is_file(), process, "patient predictions")
     time.sleep(0.5)
-    _kill_tree(process)
+    kill_tree(process)
     assert process.returncode == -signal.SIGKILL
     assert not (out / "metrics.json").exists() and not (out / "report.md").exists()  # visibly unfinished
 
@@ -268,7 +240,7 @@ def _registered_history(out: Path, fold: int) -> pd.DataFrame:
 
 
 def _train_workers(driver: int) -> list[int]:
-    return [pid for pid in _children(driver) if "RayTrainWorker" in _cmdline(pid)]
+    return [pid for pid in descendants(driver) if "RayTrainWorker" in _cmdline(pid)]
 
 
 @pytest.mark.slow
@@ -290,15 +262,15 @@ def test_killed_worker_restores_its_fold_and_killed_driver_resumes_the_run(tmp_p
     try:
         _wait_for(lambda: len(_registered_history(out, 0)) >= 1, first, "fold0's first registered checkpoint")
         workers = _train_workers(first.pid)
-        assert len(workers) == 1, [_cmdline(pid) for pid in _children(first.pid)]
+        assert len(workers) == 1, [_cmdline(pid) for pid in descendants(first.pid)]
         before_kill = _registered_history(out, 0)
         os.kill(workers[0], signal.SIGKILL)  # mid-epoch 2 of fold0
         _wait_for(lambda: (out / "fold0" / "best.pt").is_file() and len(_registered_history(out, 1)) >= 1, first,
                   "fold0 finished and fold1's first checkpoint", timeout=300)
-        _kill_tree(first)
+        kill_tree(first)
     finally:
         if first.poll() is None:
-            _kill_tree(first)
+            kill_tree(first)
     log = (tmp_path / "train1.log").read_text(errors="replace")
     assert 1 <= len(before_kill) < EPOCHS and first.returncode == -signal.SIGKILL, log[-3000:]
     fold0 = pd.read_csv(out / "fold0" / "history.csv")
@@ -314,7 +286,7 @@ def test_killed_worker_restores_its_fold_and_killed_driver_resumes_the_run(tmp_p
         assert second.wait(timeout=400) == 0, (tmp_path / "train2.log").read_text(errors="replace")[-3000:]
     finally:
         if second.poll() is None:
-            _kill_tree(second)
+            kill_tree(second)
     log = (tmp_path / "train2.log").read_text(errors="replace")
     assert "fold0: already finished" in log
     assert {name: _digest(out / "fold0" / name) for name in fold0_files} == fold0_files  # not retrained
