@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.predictions import ANY, PATIENT, label_column, prob_column
+from hnp.scoring import auc_by_ranks
 
 PATIENTS_TABLE = "predictions_patients.parquet"
 
@@ -128,25 +129,6 @@ def paired_bootstrap_test(y_true: np.ndarray, prob_a: np.ndarray, prob_b: np.nda
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(differences, [tail, 100.0 - tail])
     return _difference(auc_a, auc_b, auc_a - auc_b, float(np.std(differences, ddof=1)), level, low, high)
-
-
-def auc_by_ranks(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row at once (Mann-Whitney: the positives' midrank sum), NaN where a row lacks a class.
-
-    The paired bootstrap's thousands of resamples in one array operation: about 100x faster than calling
-    `roc_auc_score` per resample (tests/test_eval_compare.py checks that both agree).
-
-    Args:
-        y_true: 0/1 labels, shape (B, N).
-        scores: shape (B, N).
-    """
-    y_true = np.asarray(y_true).astype(bool)
-    ranks = rankdata(scores, axis=1)  # midranks: ties count half
-    m = y_true.sum(axis=1)
-    n = y_true.shape[1] - m
-    with np.errstate(invalid="ignore", divide="ignore"):
-        aucs = ((ranks * y_true).sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
-    return np.where((m > 0) & (n > 0), aucs, np.nan)
 
 
 def read_patients(report_dir: Path) -> pd.DataFrame:

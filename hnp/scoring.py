@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
@@ -40,3 +41,22 @@ def youden_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     # roc_curve's first threshold is +inf (nothing called positive); J = 0 there, so it only wins when no
     # cut-off beats chance, and then "call everything negative" is spelled as a threshold just above the max.
     return float(min(thresholds[best], np.nextafter(np.max(prob), np.inf)))
+
+
+def auc_by_ranks(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row at once (Mann-Whitney: the positives' midrank sum), NaN where a row lacks a class.
+
+    The bootstraps' thousands of resamples (`eval.compare`, `eval.metrics`) without `roc_auc_score`'s per-call
+    validation: about 100x faster per resample (tests/test_eval_compare.py checks that both agree).
+
+    Args:
+        y_true: 0/1 labels, shape (B, N).
+        scores: shape (B, N).
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    ranks = rankdata(scores, axis=1)  # midranks: ties count half
+    m = y_true.sum(axis=1)
+    n = y_true.shape[1] - m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aucs = ((ranks * y_true).sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    return np.where((m > 0) & (n > 0), aucs, np.nan)

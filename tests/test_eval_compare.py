@@ -13,7 +13,6 @@ from sklearn.metrics import roc_auc_score
 from support.runs import TRAINED_TEST_AUC_FLOOR
 
 from eval.compare import (
-    auc_by_ranks,
     compare_reports,
     comparison_markdown,
     delong_covariance,
@@ -24,7 +23,7 @@ from hnp.cli import main
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.predictions import add_any, label_column, pred_column, prob_column
-from hnp.scoring import roc_auc
+from hnp.scoring import auc_by_ranks, roc_auc
 
 
 def _delong_by_definition(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
