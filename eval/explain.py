@@ -202,7 +202,7 @@ def level_figure(rows: pd.DataFrame, truth: Any, gradcam_dir: Path, path: Path, 
                 markersize=11, markeredgewidth=2)
         ax.set_title(f"#{row.rank} {row.view}: {'hit' if row.hit else 'miss'}", fontsize=9)
     fig.suptitle(f"{rows['level'].iloc[0]}: {description}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)  # room for each row's titles under the pictures above
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
