@@ -57,6 +57,7 @@ def _args(shards: Path, out: Path, *overrides: str) -> argparse.Namespace:
 def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_path: Path,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     shards, out = band_shards(tmp_path / "data"), tmp_path / "run"
+    work_dirs = set(Path(tempfile.gettempdir()).glob("hnp-fold*-rank*-*"))  # the workers' scratch folders so far
     out.mkdir()
     (out / "fold3").write_text("in the way")  # fold3 cannot write its folder: it fails for good, the others finish
     try:
@@ -70,6 +71,7 @@ def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_pa
         assert cli.run(_args(shards, out, "train.epochs=2")) == 0
     finally:
         ray.shutdown()
+    assert set(Path(tempfile.gettempdir()).glob("hnp-fold*-rank*-*")) <= work_dirs  # removed, the failed fold's too
     assert (out / "config.yaml").is_file()
     for k in range(4):
         folder = out / f"fold{k}"

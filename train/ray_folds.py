@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -98,6 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if run is not None:
             run.finish()
+        shutil.rmtree(work_dir, ignore_errors=True)  # every epoch's files went to ray.storage_path with its report
 
 
 def storage_failure(storage: str, fold: int, epoch: int, err: OSError) -> str:
