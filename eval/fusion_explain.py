@@ -35,6 +35,7 @@ from eval.gradcam import ClassActivationMap, bagged_maps, map_targets, resolve_l
 from eval.samples import GrayImages
 from hnp.bars import progress_bar
 from hnp.config import DataConfig
+from hnp.levels import VIEWS
 from hnp.predictions import KEY, VIEW
 from pipeline.studies import StudySample
 from train.model import FoldCheckpoint
@@ -155,8 +156,9 @@ def film_share_markdown(index: pd.DataFrame) -> str:
     several = index.dropna(subset=[DROP])
     if several.empty:
         return "Every mapped study has a single film: no film's share to compare."
-    table = several.groupby(["level", VIEW], sort=False).agg(films=(KEY, "size"), drop=(DROP, "mean"),
-                                                            weight=(WEIGHT, "mean"))
+    views = pd.Categorical(several[VIEW], categories=[*VIEWS, ""], ordered=True)  # AP, LAT, ... then none
+    table = several.assign(**{VIEW: views}).groupby(["level", VIEW], sort=False, observed=True).agg(
+        films=(KEY, "size"), drop=(DROP, "mean"), weight=(WEIGHT, "mean")).sort_index()  # LEVELS order, then views
     lines = ["| Level | View | Films | Mean probability drop without the film | Mean pooling weight |",
              "|---|---|---:|---:|---:|"]
     lines += [f"| {level} | {view or '(none)'} | {films} | {drop:.3f} | {weight:.3f} |"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,9 @@ from hnp.config import ExperimentConfig, WandbConfig, load_config
 from hnp.levels import LEVELS
 from hnp.shard_format import read_dataset
 from train.fusion import build_fold_loader, build_fusion_model
-from train.loop import FoldContext, autocast, train_fold
+from train.loop import FoldContext, autocast, build_trainer, train_fold, train_one_epoch
 from train.model import load_checkpoint
+from train.progress import FoldReporter
 from train.wandb_log import start_fold_run
 
 
@@ -96,3 +98,23 @@ def test_fusion_under_bf16_autocast_scores_as_in_float32_and_trains(tmp_path: Pa
     shards = build_study_shards(tmp_path / "data", copies=4)
     history = _fold(replace(cfg, train=replace(cfg.train, amp="bf16")), shards, tmp_path / "fold0")
     assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_auc_mean"])
+
+
+def test_the_running_loss_of_a_fusion_epoch_is_per_study_and_its_speed_per_film(tmp_path: Path) -> None:
+    # The progress display showed a fusion fold's loss divided by its films instead of its studies (0.198 for an
+    # epoch whose loss was 0.698): the step hook now gets both counts.
+    shards = build_study_shards(tmp_path / "data", copies=4)
+    cfg = fusion_cfg("attention")
+    loader = build_fold_loader(cfg, shards, ["fold1"], training=True, seed=0)
+    calls = []
+    trainer = build_trainer(cfg, steps_per_epoch=len(loader), ctx=FoldContext(fold=0))
+    stats = train_one_epoch(trainer, loader, progress=False,
+                            on_step=lambda *args: calls.append((float(args[2]), *args[3:5])))
+    loss_sum, studies, films = calls[-1]
+    assert studies == len(loader) * cfg.data.batch_size and films == stats.images > studies
+    assert loss_sum / studies == pytest.approx(stats.loss, rel=1e-6)
+    sent = []
+    reporter = FoldReporter("no-board", fold=0, epochs=1)
+    reporter._board = SimpleNamespace(update=SimpleNamespace(remote=lambda fold, fields: sent.append(fields)))
+    reporter.step(1, len(loader), len(loader), torch.tensor(loss_sum), studies, films, seconds=2.0)
+    assert sent[-1]["loss"] == pytest.approx(stats.loss, rel=1e-6) and sent[-1]["images_per_s"] == films / 2.0

@@ -163,7 +163,7 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else math.nan
 
 
-StepHook = Callable[[int, int, torch.Tensor, int, float], None]
+StepHook = Callable[[int, int, torch.Tensor, int, int, float], None]
 
 
 def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world_size: int = 1,
@@ -177,7 +177,8 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         desc: progress bar label.
         progress: show a progress bar (rank 0 only).
         on_step: called after each batch with (batch number, batches, the epoch's summed loss so far as a device
-            tensor, images so far, seconds so far); reading the tensor syncs the device, so do it rarely
+            tensor, samples so far (images, or studies: what the loss is summed over), images so far (films of a
+            study batch), seconds so far); reading the tensor syncs the device, so do it rarely
             (`train.progress.FoldReporter.step` does, once a second).
     """
     trainer.model.train()
@@ -197,7 +198,7 @@ def train_one_epoch(trainer: Trainer, loader: Iterable[dict[str, Any]], *, world
         if step_now:
             _optimizer_step(trainer)
         if on_step is not None:
-            on_step(i + 1, n_batches, total_loss, images, time.perf_counter() - start)
+            on_step(i + 1, n_batches, total_loss, samples, images, time.perf_counter() - start)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     seconds = time.perf_counter() - start

@@ -126,19 +126,21 @@ class FoldReporter:
         self._last = -math.inf
         self._finished = {"epochs_done": 0, "val_auc": math.nan}
 
-    def step(self, epoch: int, step: int, steps: int, loss_sum: Any, images: int, seconds: float) -> None:
+    def step(self, epoch: int, step: int, steps: int, loss_sum: Any, samples: int, images: int,
+             seconds: float) -> None:
         """Training step `step` of `steps` of `epoch` finished; reported at most once every REPORT_EVERY_S.
 
         Args:
             loss_sum: the epoch's summed loss so far, a tensor: read (a device sync) only when a report is due.
-            images: images trained on this epoch so far (this rank).
+            samples: what the loss was summed over so far (images, or studies of a fusion model; this rank).
+            images: images trained on this epoch so far (a study's films; this rank).
             seconds: since the epoch started.
         """
         now = time.perf_counter()
         if now - self._last < REPORT_EVERY_S and step < steps:
             return
         self._last = now
-        self._send(status="training", epoch=epoch, step=step, steps=steps, loss=float(loss_sum) / max(images, 1),
+        self._send(status="training", epoch=epoch, step=step, steps=steps, loss=float(loss_sum) / max(samples, 1),
                    images_per_s=images / seconds if seconds > 0 else math.nan,
                    done=((epoch - 1) + step / max(steps, 1)) / self._epochs)
 
