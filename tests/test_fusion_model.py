@@ -10,7 +10,7 @@ import torch
 from hnp.config import ModelConfig
 from hnp.levels import view_id
 from train.fusion import FusionModel, build_fusion_model, model_inputs
-from train.model import build_model
+from train.model import TaskLoss, build_model
 
 SIZE = 32
 FUSION = ("mean", "attention")
@@ -103,3 +103,19 @@ def test_fusion_none_is_the_image_level_timm_model() -> None:
     batch = {"image": images, "labels": torch.zeros(3, 5)}
     with torch.no_grad():
         torch.testing.assert_close(model(*model_inputs(batch, torch.device("cpu"))), reference(images))
+
+
+def test_in_training_the_loss_adds_each_films_own_loss_against_its_studys_labels() -> None:
+    model = fusion_model("attention").train()
+    inputs = study_batch([(films(2, 5), ["AP", "LAT"]), (films(3, 6), ["FLEX", "EXT", "AP"])])
+    out = model(*inputs)
+    assert out.logits.shape == (2, 5) and out.film_logits.shape == (5, 5)
+    assert out.film_study.tolist() == [0, 0, 1, 1, 1]  # each film's study, in the packed order
+    targets = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 1, 0, 1]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = bce(out.logits, targets) + bce(out.film_logits, targets[[0, 0, 1, 1, 1]])
+    loss = TaskLoss(ModelConfig(name="test_efficientnet", task="levels"))(out, targets)
+    torch.testing.assert_close(loss, expected)
+    model.eval()
+    with torch.no_grad():  # in eval mode the model returns the fused logits alone
+        torch.testing.assert_close(model(*inputs), model.fuse(*inputs).logits)

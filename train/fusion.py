@@ -13,7 +13,16 @@ between two films (instability: the angle between FLEX and EXT) can never be see
    then attention pooling: a weight per film from a learned score, softmax over the present films (Ilse, Tomczak
    & Welling, "Attention-based deep multiple instance learning", ICML 2018); `mean`: the masked mean of the
    tokens, every present film weighted equally;
-4. the task head on the pooled token (`levels`, `levels_age`, `any`: `train.model.output_names`).
+4. the study's logits: the mean of its films' own logits (a linear head on each film's features: the paper's
+   per-film score, averaged as it averages them) plus the task head on the pooled token (`levels`, `levels_age`,
+   `any`: `train.model.output_names`), which adds what the films say together.
+
+Training supervises both: in training mode the model returns `FusionTrainingOutput`, and the loss
+(`train.model.TaskLoss`) adds to the study's loss on the fused logits the loss of every film's own logits against
+its study's labels: the image model's signal, one label per film. Trained on the fused logits alone, the
+backbone learned from one label per study, five times fewer, and scored below the image model (BENCHMARKS.md,
+"Fusion against the image-level model"). In eval mode the model returns the fused logits, as an image model
+returns its logits (torchvision's Inception returns its auxiliary logits the same way, in training only).
 
 Training drops views at random (`data.view_dropout`, in `pipeline.studies`), so that any subset of a study's films
 works at test time.
@@ -28,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -42,10 +51,19 @@ if TYPE_CHECKING:
 ATTENTION_HEADS = 4
 
 
+class FusionTrainingOutput(NamedTuple):
+    """What a fusion model returns in training mode (a named tuple: DDP and autocast pass it through)."""
+
+    logits: torch.Tensor  # (B, outputs): the fused logits
+    film_logits: torch.Tensor  # (N, outputs): each film's own logits
+    film_study: torch.Tensor  # (N,) int64: the study (row of `logits`) each film belongs to
+
+
 @dataclass(frozen=True)
 class FusedOutput:
-    logits: torch.Tensor  # (B, outputs)
+    logits: torch.Tensor  # (B, outputs): the films' mean logits plus the pooled head's
     weights: torch.Tensor  # (B, V): each present film's weight in the pooling (rows sum to 1), 0 in empty slots
+    film_logits: torch.Tensor  # (N, outputs): each film's own logits
 
 
 class FusionModel(nn.Module):
@@ -80,20 +98,27 @@ class FusionModel(nn.Module):
         self.tokens = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(drop_rate),
                                   nn.Linear(dim, outputs))
+        self.film_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(features, outputs))
 
-    def forward(self, films: torch.Tensor, views: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, outputs) logits of a batch of studies.
+    def forward(self, films: torch.Tensor, views: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor | FusionTrainingOutput:
+        """(B, outputs) logits of a batch of studies; in training mode `FusionTrainingOutput` (the film logits too).
 
         Args:
             films: (N, C, S, S), the present films study after study (N = mask.sum()).
             views: (B, V) view ids; only the present slots are read.
             mask: (B, V) bool, True where a slot holds a film; every study has at least one.
         """
-        return self.fuse(films, views, mask).logits
+        fused = self.fuse(films, views, mask)
+        if not self.training:
+            return fused.logits
+        film_study = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (N,)
+        return FusionTrainingOutput(fused.logits, fused.film_logits, film_study)
 
     def fuse(self, films: torch.Tensor, views: torch.Tensor, mask: torch.Tensor) -> FusedOutput:
         """The logits and each film's pooling weight (see `forward` for the arguments)."""
         features = self.backbone(films)  # (N, features)
+        film_logits = self.film_head(features)  # (N, outputs)
         tokens = self.project(features) + self.view_embedding(views[mask])  # (N, dim)
         grid = tokens.new_zeros((*mask.shape, tokens.shape[-1]))  # (B, V, dim)
         grid[mask] = tokens.to(grid.dtype)
@@ -102,7 +127,9 @@ class FusionModel(nn.Module):
         grid = self.tokens(grid).masked_fill(~mask[..., None], 0.0)  # empty slots never reach the pooling
         weights = self.pooling_weights(grid, mask)  # (B, V)
         pooled = (weights[..., None].to(grid.dtype) * grid).sum(dim=1)  # (B, dim)
-        return FusedOutput(logits=self.head(pooled), weights=weights)
+        head = self.head(pooled)  # (B, outputs)
+        return FusedOutput(logits=head + _mean_per_study(film_logits.to(head.dtype), mask), weights=weights,
+                           film_logits=film_logits)
 
     def pooling_weights(self, grid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, V) weights over the present films, rows summing to 1: learned scores (attention) or equal (mean)."""
@@ -110,6 +137,13 @@ class FusionModel(nn.Module):
             return mask.float() / mask.sum(dim=1, keepdim=True)
         scores = self.score(grid).squeeze(-1).float().masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=1)
+
+
+def _mean_per_study(film_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, K) values of the packed films -> (B, K) the mean over each study's films (`mask` (B, V))."""
+    grid = film_values.new_zeros((*mask.shape, film_values.shape[-1]))  # (B, V, K)
+    grid[mask] = film_values
+    return grid.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(film_values.dtype)
 
 
 def build_fusion_model(cfg: ModelConfig, channels: int) -> FusionModel:

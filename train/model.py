@@ -169,7 +169,13 @@ class TaskLoss(nn.Module):
             pos_weight = torch.tensor(values, dtype=torch.float32)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor | tuple, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of (B, outputs) logits against (B, outputs) targets; of a fusion model's training output
+        (`train.fusion.FusionTrainingOutput`): the fused logits' loss plus its films' own logits' loss, each film
+        against its study's targets."""
+        if isinstance(outputs, tuple):
+            logits, film_logits, film_study = outputs
+            return self(logits, targets) + self(film_logits, targets[film_study])
         outputs = outputs.float()
         n_labels = len(model_targets(self.task))
         loss = nn.functional.binary_cross_entropy_with_logits(outputs[:, :n_labels], targets[:, :n_labels],
