@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from eval import bagging
-from eval.gradcam import DEFAULT_METHOD, ClassActivationMap, export_gradcam, map_targets, resolve_layers
+from eval.gradcam import ClassActivationMap, export_gradcam, map_targets, resolve_layers
+from eval.map_options import DEFAULT_METHOD
 from eval.run_eval import eval_data_config, load_folds, predict_folds, read_oof, resolve_device
 from hnp.errors import HnpError
 from hnp.levels import VIEWS, view_id
