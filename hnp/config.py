@@ -97,6 +97,9 @@ class ModelConfig:
     fusion: str = "none"
     fusion_dim: int = 256  # width of the film tokens the fusion head pools
     fusion_layers: int = 1  # "attention": self-attention layers across a study's films before the pooling
+    # An image-level run folder (model.fusion "none", the same shards): each fusion fold starts from that run's
+    # fold of the same number, backbone and per-film head, with the pooled head at zero ("" = from `pretrained`).
+    fusion_init: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("model.task", self.task, ("any", "levels", "levels_age"))
@@ -104,6 +107,8 @@ class ModelConfig:
         _check_positive("model.fusion_dim", self.fusion_dim)
         if self.fusion_layers < 0:
             raise HnpError(f"model.fusion_layers: must be 0 or more, got {self.fusion_layers}")
+        if self.fusion_init and self.fusion == "none":
+            raise HnpError("model.fusion_init: starts a fusion model from an image-level run; set model.fusion too")
         if self.pos_weight is not None and len(self.pos_weight) != 5:
             raise HnpError(f"model.pos_weight: expected 5 values (one per level), got {len(self.pos_weight)}")
 

@@ -42,6 +42,8 @@ def test_overrides_parse_yaml_values_and_nest() -> None:
         (["model.pos_weight=[1,2]"], "model.pos_weight: expected 5 values"),
         (["optim.lr"], "expected key=value"),
         (["folds=1"], "at least 2 folds"),
+        (["model.fusion_init=runs/tiny"], "model.fusion_init: starts a fusion model from an image-level run; set "
+                                          "model.fusion too"),
     ],
 )
 def test_bad_config_is_an_error_naming_the_key(overrides: list[str], message: str) -> None:

@@ -119,3 +119,17 @@ def test_in_training_the_loss_adds_each_films_own_loss_against_its_studys_labels
     model.eval()
     with torch.no_grad():  # in eval mode the model returns the fused logits alone
         torch.testing.assert_close(model(*inputs), model.fuse(*inputs).logits)
+
+
+@pytest.mark.parametrize("mode", FUSION)
+@torch.no_grad()
+def test_started_from_an_image_model_a_study_scores_its_films_mean_logits_under_that_model(mode: str) -> None:
+    torch.manual_seed(1)
+    image_model = build_model(ModelConfig(name="test_efficientnet", pretrained="none", drop_rate=0.0),
+                              channels=1).eval()
+    model = fusion_model(mode)
+    model.start_from_image_model(image_model)
+    three, two = films(3, 7), films(2, 8)
+    fused = model(*study_batch([(three, ["AP", "FLEX", "EXT"]), (two, ["LAT", "AP"])]))
+    expected = torch.stack([image_model(three).mean(dim=0), image_model(two).mean(dim=0)])
+    torch.testing.assert_close(fused, expected)

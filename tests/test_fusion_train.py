@@ -3,6 +3,7 @@ out-of-fold predictions per study out, the fusion mode in the checkpoint; an exa
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,11 +16,12 @@ from support.studies import build_study_shards
 from support.wandb_files import completed_run_records
 
 from hnp.config import ExperimentConfig, WandbConfig, load_config
+from hnp.errors import HnpError
 from hnp.levels import LEVELS
 from hnp.shard_format import read_dataset
-from train.fusion import build_fold_loader, build_fusion_model
+from train.fusion import build_fold_loader, build_fusion_model, check_fusion_init
 from train.loop import FoldContext, autocast, build_trainer, train_fold, train_one_epoch
-from train.model import load_checkpoint
+from train.model import build_model, checkpoint_dict, load_checkpoint
 from train.progress import FoldReporter
 from train.wandb_log import start_fold_run
 
@@ -118,3 +120,45 @@ def test_the_running_loss_of_a_fusion_epoch_is_per_study_and_its_speed_per_film(
     reporter._board = SimpleNamespace(update=SimpleNamespace(remote=lambda fold, fields: sent.append(fields)))
     reporter.step(1, len(loader), len(loader), torch.tensor(loss_sum), studies, films, seconds=2.0)
     assert sent[-1]["loss"] == pytest.approx(stats.loss, rel=1e-6) and sent[-1]["images_per_s"] == films / 2.0
+
+
+def _image_run(run_dir: Path, cfg: ExperimentConfig, dataset: str, **changes: object) -> None:
+    """A run folder of image-level fold checkpoints as `hnp train` writes them: fold k's weights seeded k."""
+    image_cfg = replace(cfg, model=replace(cfg.model, **{"fusion": "none", "fusion_init": "", **changes}))
+    for fold in range(cfg.folds):
+        torch.manual_seed(fold)
+        model = build_model(image_cfg.model, image_cfg.data.channels)
+        (run_dir / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint_dict(model, image_cfg, fold, 1, {}, {}, dataset), run_dir / f"fold{fold}" / "best.pt")
+
+
+def test_a_fusion_fold_starts_from_the_same_fold_of_an_image_run(tmp_path: Path) -> None:
+    cfg = fusion_cfg("attention", fusion_init=str(tmp_path / "image"))
+    _image_run(tmp_path / "image", cfg, dataset="shards-1")
+    check_fusion_init(cfg, "shards-1")
+    trainer = build_trainer(cfg, steps_per_epoch=1, ctx=FoldContext(fold=1))
+    fold1 = load_checkpoint(tmp_path / "image" / "fold1" / "best.pt").model
+    torch.testing.assert_close(trainer.module.film_head[-1].weight, fold1.get_classifier().weight)
+    torch.testing.assert_close(trainer.module.backbone.conv_stem.weight, fold1.conv_stem.weight)
+
+
+@pytest.mark.parametrize(("change", "dataset", "message"), [
+    ({"name": "resnet18"}, "shards-1", "model.name is 'resnet18' there"),
+    ({"task": "any"}, "shards-1", "model.task is 'any' there"),
+    ({}, "shards-2", "trained on shards shards-2, not these (shards-1)"),
+    ({"fusion": "mean"}, "shards-1", "a fusion model (model.fusion: mean)"),
+])
+def test_a_fusion_run_refuses_to_start_from_a_run_that_does_not_fit(tmp_path: Path, change: dict, dataset: str,
+                                                                    message: str) -> None:
+    cfg = fusion_cfg("attention", fusion_init=str(tmp_path / "image"))
+    _image_run(tmp_path / "image", cfg, dataset=dataset, **change)
+    with pytest.raises(HnpError, match=rf"model.fusion_init: .*fold0.best.pt: {re.escape(message)}"):
+        check_fusion_init(cfg, "shards-1")
+
+
+def test_a_fusion_run_names_the_missing_checkpoint_of_its_image_run(tmp_path: Path) -> None:
+    cfg = fusion_cfg("attention", fusion_init=str(tmp_path / "image"))
+    _image_run(tmp_path / "image", cfg, dataset="shards-1")
+    (tmp_path / "image" / "fold1" / "best.pt").unlink()
+    with pytest.raises(HnpError, match=r"model.fusion_init: .*fold1.best.pt: checkpoint not found"):
+        check_fusion_init(cfg, "shards-1")

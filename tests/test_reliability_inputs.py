@@ -338,6 +338,22 @@ def test_train_names_the_missing_fold_before_starting_ray(eval_world: dict[str, 
         train_cli.run(args)
 
 
+def test_train_checks_the_image_run_a_fusion_run_starts_from_before_starting_ray(
+        eval_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.ray_folds
+    from train import cli as train_cli
+
+    def no_ray(*args: object) -> bool:
+        raise AssertionError("Ray was started for a fusion run whose image run lacks fold2")
+
+    monkeypatch.setattr(train.ray_folds, "_init_ray", no_ray)
+    image_run = _copy_without(eval_world["run"], tmp_path / "image", "fold2")
+    args = argparse.Namespace(config="tiny", shards=eval_world["shards"], out=tmp_path / "run", address=None,
+                              overrides=["wandb.mode=off", "model.fusion=mean", f"model.fusion_init={image_run}"])
+    with pytest.raises(HnpError, match=r"model.fusion_init: .*fold2.best.pt: checkpoint not found"):
+        train_cli.run(args)
+
+
 def test_predict_takes_an_image_in_a_non_utf8_folder(eval_world: dict[str, Path], tmp_path: Path) -> None:
     """`hnp predict` run as a user would, with a Latin-1 folder name as raw bytes on the command line, and Grad-CAM
     written into such a folder: it predicts and writes the overlays (cv2.imwrite crashed the process there)."""

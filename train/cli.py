@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train every fold; exit status 1 when a fold failed for good (the others still finish)."""
+    from train.fusion import check_fusion_init
     from train.ray_folds import train_folds
 
     cfg = load_config(args.config, args.overrides)
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     dataset.split_shards([fold_split(k) for k in range(dataset.folds)])
     if cfg.model.fusion != "none":  # and a fusion model's study indexes (schema version 3)
         dataset.split_studies([fold_split(k) for k in range(dataset.folds)])
+    if cfg.model.fusion_init:
+        check_fusion_init(cfg, dataset.identity)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_text(out_dir / RUN_RECORD, json.dumps({"dataset": dataset.identity}, indent=2) + "\n")

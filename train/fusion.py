@@ -27,6 +27,10 @@ returns its logits (torchvision's Inception returns its auxiliary logits the sam
 Training drops views at random (`data.view_dropout`, in `pipeline.studies`), so that any subset of a study's films
 works at test time.
 
+`model.fusion_init` starts each fold from the same fold of an image-level run on the same shards: its backbone,
+its classifier as the per-film head, and the pooled head at zero, so that training begins at that run's scores
+(the mean of its films' logits) and fusion adds to them (`start_fold_from_image_run`).
+
     model = build_fusion_model(cfg.model, channels=1)
     logits = model(films, views, mask)            # films (N, C, S, S); views, mask (B, V) -> (B, outputs)
     fused = model.fuse(films, views, mask)        # .logits and .weights (B, V): each film's share in the pooling
@@ -43,10 +47,12 @@ import torch
 from torch import nn
 
 from hnp.config import ExperimentConfig, ModelConfig
+from hnp.errors import HnpError
 from hnp.levels import VIEW_SLOTS
 
 if TYPE_CHECKING:
     from pipeline.loader import Loader
+    from train.model import FoldCheckpoint
 
 ATTENTION_HEADS = 4
 
@@ -131,6 +137,18 @@ class FusionModel(nn.Module):
         return FusedOutput(logits=head + _mean_per_study(film_logits.to(head.dtype), mask), weights=weights,
                            film_logits=film_logits)
 
+    @torch.no_grad()
+    def start_from_image_model(self, image_model: nn.Module) -> None:
+        """Take an image-level timm model's backbone and its classifier as the per-film head, and zero the pooled
+        head's last layer: the fused logits start as the mean of that model's logits over the study's films."""
+        classifier = image_model.get_classifier()
+        prefix = f"{image_model.pretrained_cfg.get('classifier', 'classifier')}."
+        backbone = {k: v for k, v in image_model.state_dict().items() if not k.startswith(prefix)}
+        self.backbone.load_state_dict(backbone)  # strict: the same timm model without its classifier
+        self.film_head[-1].load_state_dict(classifier.state_dict())
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
     def pooling_weights(self, grid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, V) weights over the present films, rows summing to 1: learned scores (attention) or equal (mean)."""
         if self.score is None:
@@ -154,6 +172,53 @@ def build_fusion_model(cfg: ModelConfig, channels: int) -> FusionModel:
     backbone = build_backbone(cfg, channels, num_classes=0)  # timm: pooled features, no classifier
     return FusionModel(backbone, backbone.num_features, len(output_names(cfg.task)), cfg.fusion, cfg.fusion_dim,
                        cfg.fusion_layers, cfg.drop_rate)
+
+
+def check_fusion_init(cfg: ExperimentConfig, dataset_identity: str) -> None:
+    """Before any fold starts: each fold of the run `model.fusion_init` names is an image-level model of this
+    backbone, task and channels, trained on these shards (`hnp.shard_format.Dataset.identity`): its validation
+    fold is then this fold's, and none of this fold's validation patients trained it."""
+    for fold in range(cfg.folds):
+        path = image_fold_checkpoint(cfg.model, fold)
+        problem = _init_mismatch(_load_image_fold(path), cfg, fold, dataset_identity)
+        if problem:
+            raise HnpError(f"model.fusion_init: {path}: {problem}")
+
+
+def start_fold_from_image_run(model: FusionModel, cfg: ModelConfig, fold: int) -> None:
+    """Start `model` from fold `fold` of the image-level run `cfg.fusion_init` (checked by `check_fusion_init`)."""
+    model.start_from_image_model(_load_image_fold(image_fold_checkpoint(cfg, fold)).model)
+
+
+def image_fold_checkpoint(cfg: ModelConfig, fold: int) -> Path:
+    return Path(cfg.fusion_init) / f"fold{fold}" / "best.pt"
+
+
+def _load_image_fold(path: Path) -> FoldCheckpoint:
+    from train.model import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except HnpError as err:
+        raise HnpError(f"model.fusion_init: {err} (an image-level run trained on these shards: "
+                       "runs/<name> of `hnp train` with model.fusion none)") from err
+
+
+def _init_mismatch(start: FoldCheckpoint, cfg: ExperimentConfig, fold: int, dataset_identity: str) -> str:
+    """Why fold `fold` of `cfg` cannot start from checkpoint `start`, or "" when it can."""
+    if start.fusion != "none":
+        return f"a fusion model (model.fusion: {start.fusion}); start from an image-level run"
+    if start.fold != fold:
+        return f"holds fold {start.fold}, not fold {fold}"
+    for key, theirs, ours in (("model.name", start.config.model.name, cfg.model.name),
+                              ("model.task", start.config.model.task, cfg.model.task),
+                              ("data.channels", start.config.data.channels, cfg.data.channels)):
+        if theirs != ours:
+            return f"{key} is {theirs!r} there and {ours!r} here"
+    if start.dataset != dataset_identity:
+        return (f"trained on shards {start.dataset or '(not recorded)'}, not these ({dataset_identity}): its folds "
+                "may hold other patients, and this fold's validation patients may have trained it")
+    return ""
 
 
 def is_study_batch(batch: dict[str, Any]) -> bool:

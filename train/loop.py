@@ -45,7 +45,7 @@ from hnp.predictions import AGE, KEY, PRED_AGE, label_column, model_targets, pro
 from hnp.scoring import roc_auc, youden_threshold
 from pipeline.dataset import stream_seed
 from train.checkpoint import atomic_torch_save, load_torch_file
-from train.fusion import model_inputs
+from train.fusion import model_inputs, start_fold_from_image_run
 from train.model import TaskLoss, build_model, checkpoint_dict, outputs_to_predictions, task_targets
 from train.progress import FoldReporter
 
@@ -132,7 +132,10 @@ def build_trainer(cfg: ExperimentConfig, steps_per_epoch: int, ctx: FoldContext)
         ctx: fold, rank and device.
     """
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    module = build_model(cfg.model, cfg.data.channels).to(ctx.device)
+    module = build_model(cfg.model, cfg.data.channels)
+    if cfg.model.fusion_init:  # a resumed fold's state.pt replaces these weights later
+        start_fold_from_image_run(module, cfg.model, ctx.fold)
+    module = module.to(ctx.device)
     if cfg.train.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = module
