@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -28,10 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from support.manifests import PATIENT_ID_PREFIX, write_manifest
+from support.studies import build_study_shards
 
+from eval.samples import read_sample_meta
 from hnp.cli import main
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS
+from hnp.shard_format import read_dataset
 from sharding.manifest import validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +136,7 @@ LOAD_ALL = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from support.runs import tiny_config
 from pipeline import build_loader, split_shards
@@ -385,3 +390,35 @@ def test_eval_and_predict_name_a_corrupt_checkpoint(eval_world: dict[str, Path],
     assert main(["predict", "--run", str(run), str(image)]) == 2
     assert f"hnp predict: error: {best}: not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def _rewrite_member_in_place(tar_path: Path, suffix: str, edit: Callable[[bytes], bytes]) -> str:
+    """Replace the first `*.suffix` member's bytes with `edit(bytes)` of the same length, where they lie in the tar
+    (the DALI index's offsets stay valid); returns the member's name."""
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+        data = tar.extractfile(member).read()
+    new = edit(data)
+    assert len(new) == len(data) and new != data
+    with open(tar_path, "r+b") as handle:
+        handle.seek(member.offset_data)
+        handle.write(new)
+    return member.name
+
+
+def test_eval_refuses_a_sample_whose_json_labels_disagree_with_its_label_bytes(tmp_path: Path) -> None:
+    """Training reads `.lbl`, the tables read the key's patient from `.json`: a shard where the two disagree would
+    score evaluation against another truth than training's, so reading it stops, naming the sample."""
+    tars = read_dataset(build_study_shards(tmp_path / "data")).split_shards(["test"])
+
+    def flip_first_level(data: bytes) -> bytes:
+        meta = json.loads(data)
+        meta["labels"][0] = 1 - meta["labels"][0]
+        meta["any"] = int(any(meta["labels"]))
+        return json.dumps(meta, separators=(",", ":")).encode()
+
+    name = _rewrite_member_in_place(tars[0], ".json", flip_first_level)
+    key = name.removesuffix(".json")
+    with pytest.raises(HnpError, match=rf"{tars[0].name}: sample {key}: labels \[.*\] in \.lbl but \[.*\] in \.json: "
+                                       "the shard is inconsistent; re-run hnp shard"):
+        read_sample_meta(tars)
