@@ -1,7 +1,7 @@
 """`hnp eval`: the fold models of a run predict the test split, bagged per patient, scored and reported.
 
     hnp eval --run runs/tiny --shards shards --out reports/tiny [--threshold fold-mean] [--gradcam-top 300]
-             [--gradcam-method layercam] [--gradcam-layer auto] [--truth data/phantom/truth.parquet]
+             [--gradcam-method hirescam] [--gradcam-layer auto] [--truth data/phantom/truth.parquet]
              [--calibrate platt|isotonic] [--prevalence 0.1]
 
 Every fold model predicts every test image exactly once (one pass of the evaluation loader, all folds on each

@@ -130,12 +130,12 @@ def test_no_raw_patient_id_in_any_output(report: Path, world: dict[str, Path]) -
 
 
 def test_explanations_name_their_method_and_run_their_checks(report: Path) -> None:
-    """The default maps (layercam at the auto layer: blocks.1 at this run's 64 px) are named in the report and in
+    """The default maps (hirescam at the auto layer: blocks.1 at this run's 64 px) are named in the report and in
     explanations.json, with the deletion and randomization checks per level; the pointing games ran on the truth."""
     text = (report / "report.md").read_text()
-    assert "**layercam at blocks.1**" in text and "Faithfulness and randomization checks" in text
+    assert "**hirescam at blocks.1**" in text and "Faithfulness and randomization checks" in text
     found = json.loads((report / "explanations.json").read_text())
-    assert found["maps"] == "layercam at blocks.1" and found["top"] == 3
+    assert found["maps"] == "hirescam at blocks.1" and found["top"] == 3
     assert set(found["deletion"]["levels"]) == set(LEVELS) and found["deletion"]["overall"]["n"] == 15
     assert set(found["sanity"]["levels"]) == set(LEVELS)
     assert found["pointing"] is not None and set(found["pointing"]["levels"]) == set(LEVELS)
