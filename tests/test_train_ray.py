@@ -64,6 +64,7 @@ def test_four_folds_train_concurrently_fail_by_name_and_relaunches_resume(tmp_pa
         with caplog.at_level("INFO", logger="hnp.train"):
             assert cli.run(_args(shards, out, "train.epochs=1")) == 1
         assert "failed for good: fold3" in caplog.text
+        assert f"(Ray's own output: {out / 'logs' / 'ray.log'})" in caplog.text  # where to read the workers' side
         first = {k: pd.read_csv(out / f"fold{k}" / "history.csv") for k in range(3)}
         (out / "fold3").unlink()
         # Relaunch with more epochs: Ray Train restores each fold's last checkpoint (fold3's too, from Ray's
