@@ -352,7 +352,9 @@ def test_a_job_on_the_cluster_survives_a_lost_worker_node_and_needs_the_token(cl
             pytest.fail(f"the job ended early:\n{job['done'].stdout[-3000:]}\n{job['done'].stderr[-3000:]}")
         return runner.is_alive()
 
-    _wait_for(lambda: fold_on_a_worker_node() is not None, job_running, "a checkpointed fold on a worker node")
+    # 600 s: the job's start and a first epoch took over 300 s at load 19 (2026-12-07); the guard is for hangs only
+    _wait_for(lambda: fold_on_a_worker_node() is not None, job_running, "a checkpointed fold on a worker node",
+              timeout=600)
     fold, node_id = fold_on_a_worker_node()
     before = _registered_epochs(storage, fold)
     lost = next(node for node in cluster["workers"] if node.node_id == node_id)

@@ -60,8 +60,11 @@ def run_pytest_module(module: Path, work: Path, env: dict[str, str], timeout: fl
             it has), then SIGKILL 180 s later.
     """
     report = work / "junit.xml"
+    # The test names in the report are relative to the child's rootdir; left to itself, pytest takes the common
+    # ancestor of the module and the working folder (/tmp for a module in /tmp and a checkout in /tmp/x).
+    rootdir = REPO if module.resolve().is_relative_to(REPO) else module.parent
     argv = [sys.executable, "-m", "pytest", str(module), "-p", "no:cacheprovider", "-q", "-rfEs",
-            f"--junitxml={report}", f"--basetemp={work / 'tmp'}"]
+            f"--rootdir={rootdir}", f"--junitxml={report}", f"--basetemp={work / 'tmp'}"]
     child = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, errors="replace")
     timed_out = False
