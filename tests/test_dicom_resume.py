@@ -137,6 +137,10 @@ def test_resuming_with_other_settings_is_refused(small_export: dict, tmp_path: P
 
 
 @pytest.mark.slow
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     export, labels = _export(tmp_path, patients=60, size=(512, 400))
     argv = [sys.executable, "-c", HNP, "import-dicom", str(export), "--labels", str(labels), "--workers", "2",
@@ -147,10 +151,13 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     assert clean.returncode == 0, clean.stderr.decode()[-2000:]
     files = len([p for p in export.rglob("*") if p.is_file()])
     out = tmp_path / "out"
-    # A session of its own, so that the signal goes to the whole group as a terminal's Ctrl-C does; niced, so that
-    # on a loaded machine this test is not starved while the import finishes (it did at load 19 on 2 cores).
+    # A session of its own, so that the signal goes to the whole group as a terminal's Ctrl-C does, with SIGINT's
+    # default action as in a terminal (a shell starts background jobs with SIGINT ignored, and Python then keeps
+    # ignoring it: the import ran to the end when pytest itself ran in the background); niced, so that on a loaded
+    # machine this test is not starved while the import finishes.
     run = subprocess.Popen(["nice", "-n", "19", *argv, "--out", str(out)], cwd=REPO, env=env,
-                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           start_new_session=True, preexec_fn=_interruptible, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while (not (out / "images").is_dir() or len(list((out / "images").iterdir())) < 5) and run.poll() is None:
         assert time.monotonic() < deadline
