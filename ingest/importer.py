@@ -20,7 +20,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import cv2
@@ -198,39 +200,66 @@ def _convert(jobs: list[Job], workers: int, progress: bool) -> Iterator[dict]:
         context.set_forkserver_preload(["ingest.convert"])
         size = max(1, min(16, len(jobs) // (workers * 8)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_init_worker) as pool:
+        stop = context.Event()  # set on Ctrl-C: each worker ends its chunk after the file in hand
+        # Ctrl-C is the driver's: the forkserver started here keeps SIGINT ignored and so do the workers it forks,
+        # from their first instruction (a worker that Ctrl-C killed while starting broke the pool).
+        with _ctrl_c_ignored():
+            pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_init_worker,
+                                       initargs=(stop,))
             futures = [pool.submit(_convert_chunk, chunk) for chunk in chunks]
-            for records in _results_until_interrupted(futures):
+        with pool:
+            for records in _results_until_interrupted(futures, stop):
                 yield from records
                 bar.update(len(records))
 
 
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_stop_requested: Event | None = None  # a worker's copy of the driver's stop event (_init_worker)
+
+
+def _init_worker(stop: Event) -> None:
+    global _stop_requested
+    _stop_requested = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also where the forkserver was started by someone else
+    cv2.setNumThreads(1)  # parallelism comes from the processes
+    keep_freed_memory()
+    quiet_pydicom()
+
+
 def _convert_chunk(jobs: list[Job]) -> list[dict]:
-    return [convert_file(job) for job in jobs]
+    """The records of the chunk's files, up to the one in hand when the driver asked to stop."""
+    records = []
+    for job in jobs:
+        if _stop_requested is not None and _stop_requested.is_set():
+            break
+        records.append(convert_file(job))
+    return records
 
 
-def _results_until_interrupted(futures: list[Future]) -> Iterator[list[dict]]:
-    """Each future's result, in order. On Ctrl-C: the chunks not started are cancelled, the running ones finish
-    and their records come too, then the interruption goes on."""
+def _results_until_interrupted(futures: list[Future], stop: Event) -> Iterator[list[dict]]:
+    """Each future's result, in order. On Ctrl-C: the workers are told to stop after the file in hand, the records
+    of every file finished come too, then the interruption goes on.
+
+    No future is cancelled: Python 3.11's ProcessPoolExecutor, when a worker then dies, fails to mark a cancelled
+    future broken and its manager thread dies with it, leaving the running futures unfinished forever
+    (`terminate_broken` raising InvalidStateError; seen here as a hang after Ctrl-C)."""
     for position, future in enumerate(futures):
         try:
             records = future.result()
         except KeyboardInterrupt:
-            for later in futures[position:]:
-                later.cancel()
-            finished = wait(futures[position:]).done
-            for rest in futures[position:]:
-                if rest in finished and not rest.cancelled() and rest.exception() is None:
-                    yield rest.result()
+            stop.set()
+            wait(futures[position:])
+            yield from (rest.result() for rest in futures[position:] if rest.exception() is None)
             raise
         yield records
-
-
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it journals what finished, then stops
-    cv2.setNumThreads(1)  # parallelism comes from the processes
-    keep_freed_memory()
-    quiet_pydicom()
 
 
 def _run(jobs: list[Job], journal: Journal, options: ImportOptions) -> list[dict]:
