@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.shards import build_shards
+from support.shards import build_shards, overwrite_component
 
 from hnp.config import AugmentConfig, DataConfig
 from hnp.errors import HnpError
@@ -231,11 +231,7 @@ def damaged_copy(source: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
 
 def overwrite_image(shard: Path, key: str, data: bytes) -> None:
     """Replace the first bytes of a sample's JPEG in place, so the index stays valid."""
-    sample = next(s for s in read_samples([shard]) if s.key == key)
-    offset, _ = sample.components["jpg"]
-    with open(shard, "r+b") as handle:
-        handle.seek(offset)
-        handle.write(data)
+    overwrite_component(next(s for s in read_samples([shard]) if s.key == key), "jpg", data)
 
 
 @pytest.mark.parametrize("loader", LOADERS)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from support.manifests import PATIENT_ID_PREFIX, write_manifest
+from support.shards import overwrite_component
 from support.studies import build_study_shards
 
 from eval.samples import read_sample_meta
@@ -36,6 +36,7 @@ from hnp.cli import main
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS
 from hnp.shard_format import read_dataset
+from pipeline.dataset import read_samples
 from sharding.manifest import validate_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -392,33 +393,17 @@ def test_eval_and_predict_name_a_corrupt_checkpoint(eval_world: dict[str, Path],
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
-def _rewrite_member_in_place(tar_path: Path, suffix: str, edit: Callable[[bytes], bytes]) -> str:
-    """Replace the first `*.suffix` member's bytes with `edit(bytes)` of the same length, where they lie in the tar
-    (the DALI index's offsets stay valid); returns the member's name."""
-    with tarfile.open(tar_path) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
-        data = tar.extractfile(member).read()
-    new = edit(data)
-    assert len(new) == len(data) and new != data
-    with open(tar_path, "r+b") as handle:
-        handle.seek(member.offset_data)
-        handle.write(new)
-    return member.name
-
-
 def test_eval_refuses_a_sample_whose_json_labels_disagree_with_its_label_bytes(tmp_path: Path) -> None:
     """Training reads `.lbl`, the tables read the key's patient from `.json`: a shard where the two disagree would
     score evaluation against another truth than training's, so reading it stops, naming the sample."""
     tars = read_dataset(build_study_shards(tmp_path / "data")).split_shards(["test"])
-
-    def flip_first_level(data: bytes) -> bytes:
-        meta = json.loads(data)
-        meta["labels"][0] = 1 - meta["labels"][0]
-        meta["any"] = int(any(meta["labels"]))
-        return json.dumps(meta, separators=(",", ":")).encode()
-
-    name = _rewrite_member_in_place(tars[0], ".json", flip_first_level)
-    key = name.removesuffix(".json")
-    with pytest.raises(HnpError, match=rf"{tars[0].name}: sample {key}: labels \[.*\] in \.lbl but \[.*\] in \.json: "
-                                       "the shard is inconsistent; re-run hnp shard"):
+    sample = read_samples(tars[:1])[0]
+    meta = json.loads(sample.read("json"))
+    meta["labels"][0] = 1 - meta["labels"][0]
+    meta["any"] = int(any(meta["labels"]))
+    edited = json.dumps(meta, separators=(",", ":")).encode()
+    assert len(edited) == len(sample.read("json"))  # the same length: only the labels' digits differ
+    overwrite_component(sample, "json", edited)
+    with pytest.raises(HnpError, match=rf"{tars[0].name}: sample {sample.key}: labels \[.*\] in \.lbl but "
+                                       r"\[.*\] in \.json: the shard is inconsistent; re-run hnp shard"):
         read_sample_meta(tars)

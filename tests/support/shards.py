@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.dataset import SampleEntry
 from sharding.build import ShardOptions, shard_manifest
 from support.manifests import write_manifest
 
@@ -40,3 +41,13 @@ def build_shards(folder: Path, patients: int = 16, images_per_patient: int = 2, 
     out = folder / "shards"
     shard_manifest(ShardOptions(manifest=manifest, out=out, shard_bytes=24 * 2**10, progress=False))
     return out
+
+
+def overwrite_component(sample: SampleEntry, ext: str, data: bytes) -> None:
+    """Write `data` over the first bytes of a sample's `.ext` component, in place in its tar: the DALI index and the
+    tar headers stay valid, as in a shard damaged or edited after `hnp shard` wrote it."""
+    offset, size = sample.components[ext]
+    assert len(data) <= size, f"{len(data)} bytes do not fit the {size} of .{ext}"
+    with open(sample.shard, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
