@@ -1,11 +1,12 @@
 """The expected ceiling of a phantom preset: the ideal observer's ROC AUC per level, per radiograph and per patient,
-over a large simulated population (patients are drawn, not rendered: seconds, not minutes).
+over a large simulated population (patients are drawn, not rendered: seconds, not minutes); per patient both from all
+films together and as the mean of each film's own posterior (the paper's per-image mean with a perfect image model).
 
     python bench/phantom_ceiling.py --difficulty paper --prevalence paper --patients 20000
 
 Prints a Markdown table for BENCHMARKS.md / docs/phantom.md: per level, the AUC of P(HNP | age, what one film
-shows) over all radiographs, per view, and of P(HNP | age, what all of a patient's films show) over patients,
-plus each sign's share of herniated and of healthy levels a patient's films show.
+shows) over all radiographs, per view, and of P(HNP | age, what all of a patient's films show) over patients beside
+the patient mean of the first, plus each sign's share of herniated and of healthy levels a patient's films show.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from hnp.levels import LEVELS
 from phantom.anatomy import PHANTOM_VIEWS, PREVALENCE_MODES, base_prevalence, sample_patient
-from phantom.ceiling import posterior, scope_aucs
+from phantom.ceiling import film_mean, posterior, scope_aucs
 from phantom.signs import DIFFICULTIES, SIGNS, difficulty_preset
 
 
@@ -37,12 +38,12 @@ def simulate(difficulty: str, prevalence: str, patients: int, seed: int) -> tupl
     preset, base = difficulty_preset(difficulty), base_prevalence(prevalence)
     rng = np.random.default_rng(seed)
     images, people, shown, labels = [], [], [], []
-    for _ in tqdm(range(patients), desc="patients", mininterval=2):
+    for index in tqdm(range(patients), desc="patients", mininterval=2):
         patient = sample_patient(rng, base, preset)
         label = {f"label_{level}": y for level, y in zip(LEVELS, patient.labels, strict=True)}
         for view in patient.views:
             post = posterior(patient, (view,), base)
-            images.append({"view": view, **label, **{f"posterior_{lv}": p for lv, p in zip(LEVELS, post, strict=True)}})
+            images.append({"patient": index, "view": view, **label, **{f"posterior_{lv}": p for lv, p in zip(LEVELS, post, strict=True)}})
         post = posterior(patient, patient.views, base)
         people.append({**label, **{f"posterior_{lv}": p for lv, p in zip(LEVELS, post, strict=True)}})
         shown.append(patient.signs.visible(patient.views, preset))
@@ -55,6 +56,7 @@ def main(args: argparse.Namespace) -> None:
     columns = {"all radiographs": scope_aucs(images)}
     columns |= {view: scope_aucs(images[images["view"] == view]) for view in PHANTOM_VIEWS}
     columns["patient (all films)"] = scope_aucs(patients)
+    columns["patient (mean of films)"] = scope_aucs(film_mean(images))
     print(f"difficulty {args.difficulty}, prevalence {args.prevalence}, {args.patients} patients "
           f"({len(images)} radiographs), seed {args.seed}: ideal observer's ROC AUC")
     print("| target | " + " | ".join(columns) + " |")

@@ -12,13 +12,19 @@ labels (hidden signs are not drawn, pose, exposure and the healthy anatomy are d
 model can beat this posterior's AUC in expectation; a model that sees only pixels has to guess age from the spine,
 so it may fall short of it even with unlimited data. "any" uses 1 - prod(1 - P) (levels are independent given age).
 
-`hnp phantom` writes `ceiling.json`, per split ("train", "test", "all"), per scope ("image": every radiograph on
-its own; "patient": all of a patient's films together) and per target (LEVELS, then "any"):
+`hnp phantom` writes `ceiling.json`, per split ("train", "test", "all"), per scope and per target (LEVELS, then
+"any"). The scopes:
 
-    {"format": "hnp-phantom-ceiling", "version": 1, "difficulty": "paper", "prevalence": "paper", "seed": 0,
+- "image": every radiograph on its own;
+- "patient": all of a patient's films together: the ceiling of any per-patient model, a fusion model's included;
+- "film_mean": each of a patient's films scored on its own, then averaged: the ceiling of the paper's protocol
+  (an image model's per-patient mean). "patient" minus "film_mean" is the most that fusing the films can add over
+  a perfect image model; the rest of a model's gap to "patient" is what its films' own scores lack.
+
+    {"format": "hnp-phantom-ceiling", "version": 2, "difficulty": "paper", "prevalence": "paper", "seed": 0,
      "patients": 600, "images": 3101,
      "splits": {"test": {"image": {"L1-2": {"auc": 0.74, "n": 310, "n_pos": 12}, ..., "any": {...}},
-                         "patient": {...}},
+                         "patient": {...}, "film_mean": {...}},
                 "train": {...}, "all": {...}}}
 
 "auc" is null where a split has only one class at that target.
@@ -33,11 +39,12 @@ its own; "patient": all of a patient's films together) and per target (LEVELS, t
 
     {"file": "ceiling.json", "difficulty": "paper", "prevalence": "paper", "split": "test",
      "targets": {"L1-2": {"image": {"model": 0.61, "ceiling": 0.74, "n_model": 310, "n_ceiling": 310},
-                          "patient": {...}}, ..., "any": {...}}}
+                          "patient": {..., "film_mean_ceiling": 0.82}}, ..., "any": {...}}}
 
 with "model" the AUC of the model's bagged probability per image (`predictions_images`) and per patient (the
-patient mean, `predictions_patients`), "ceiling" the phantom's test-split ceiling of the same scope, and the
-row counts each was computed on (they differ only if some test radiographs were not sharded).
+patient mean, or a fusion model's study score: `predictions_patients`), "ceiling" the phantom's test-split ceiling
+of the same scope, "film_mean_ceiling" the test split's "film_mean" ceiling, and the row counts each was computed on
+(they differ only if some test radiographs were not sharded).
 """
 
 from __future__ import annotations
@@ -60,8 +67,8 @@ from phantom.signs import level_likelihoods
 
 CEILING_FILE = "ceiling.json"
 CEILING_FORMAT = "hnp-phantom-ceiling"
-CEILING_VERSION = 1
-SCOPES: tuple[str, ...] = ("image", "patient")
+CEILING_VERSION = 2  # 2: the "film_mean" scope
+SCOPES: tuple[str, ...] = ("image", "patient", "film_mean")
 CEILING_SPLITS: tuple[str, ...] = ("train", "test", "all")
 TARGETS: tuple[str, ...] = (*LEVELS, "any")
 
@@ -103,29 +110,46 @@ def scope_aucs(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per target (LEVELS, "any"), the posterior's AUC over the rows of `frame`.
 
     Args:
-        frame: one row per image or patient with `label_<level>` and `posterior_<level>` for every level.
+        frame: one row per image or patient with `label_<level>` and `posterior_<level>` for every level, and
+            optionally `posterior_any` (else "any" is scored by `any_posterior` of the levels').
     """
     labels = frame[[f"label_{level}" for level in LEVELS]].to_numpy()
     posteriors = frame[[f"posterior_{level}" for level in LEVELS]].to_numpy()
     result = {level: target_auc(labels[:, k], posteriors[:, k]) for k, level in enumerate(LEVELS)}
-    result["any"] = target_auc(labels.max(axis=1, initial=0), any_posterior(posteriors))
+    any_scores = frame["posterior_any"].to_numpy() if "posterior_any" in frame else any_posterior(posteriors)
+    result["any"] = target_auc(labels.max(axis=1, initial=0), any_scores)
     return result
+
+
+def film_mean(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: the mean of its films' own posteriors, per level and for "any" (each film's "any"
+    first, then the mean, as an image model's "any" is averaged), with the patient's split and labels.
+
+    Args:
+        images: one row per radiograph: `patient`, `label_<level>`, `posterior_<level>` (and `split`, kept).
+    """
+    posteriors = [f"posterior_{level}" for level in LEVELS]
+    films = images.assign(posterior_any=any_posterior(images[posteriors].to_numpy()))
+    firsts = {column: "first" for column in ["split", *(f"label_{level}" for level in LEVELS)] if column in images}
+    means = {column: "mean" for column in [*posteriors, "posterior_any"]}
+    return films.groupby("patient", sort=False).agg({**firsts, **means})
 
 
 def ceiling_document(images: pd.DataFrame, patients: pd.DataFrame, about: dict[str, Any]) -> dict[str, Any]:
     """The ceiling.json document.
 
     Args:
-        images: one row per radiograph: `split`, `label_<level>`, `posterior_<level>` (its own evidence).
-        patients: one row per patient: the same columns (all of the patient's films together).
+        images: one row per radiograph: `patient`, `split`, `label_<level>`, `posterior_<level>` (its own evidence).
+        patients: one row per patient: `split`, labels and posteriors (all of the patient's films together).
         about: the data set's description (difficulty, prevalence, seed, ...), stored at the top level.
     """
+    scopes = {"image": images, "patient": patients, "film_mean": film_mean(images)}
     splits = {}
     for split in CEILING_SPLITS:
         def rows(frame: pd.DataFrame, split: str = split) -> pd.DataFrame:
             return frame if split == "all" else frame[frame["split"] == split]
 
-        splits[split] = {"image": scope_aucs(rows(images)), "patient": scope_aucs(rows(patients))}
+        splits[split] = {scope: scope_aucs(rows(frame)) for scope, frame in scopes.items()}
     return {"format": CEILING_FORMAT, "version": CEILING_VERSION, **about, "splits": splits}
 
 
@@ -152,7 +176,7 @@ def read_ceiling(path: Path) -> dict[str, Any]:
                        "it is written by hnp phantom")
     if document.get("version") != CEILING_VERSION:
         raise HnpError(f"{path}: ceiling format version {document.get('version')!r}, this hnp reads "
-                       f"version {CEILING_VERSION}")
+                       f"version {CEILING_VERSION}: generate the phantom again with hnp phantom")
     for split in CEILING_SPLITS:
         for scope in SCOPES:
             entries = document.get("splits", {}).get(split, {}).get(scope, {})
@@ -168,7 +192,7 @@ def ceiling_auc(document: dict[str, Any], target: str, scope: str = "patient", s
     Args:
         document: from `read_ceiling`.
         target: a level ("L1-2" ... "L5-S1") or "any".
-        scope: "image" or "patient".
+        scope: "image", "patient" or "film_mean".
         split: "train", "test" or "all".
     """
     if target not in TARGETS or scope not in SCOPES or split not in CEILING_SPLITS:
@@ -203,6 +227,7 @@ def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFram
             ceiling = document["splits"]["test"][scope][target]
             targets[target][scope] = {"model": model["auc"], "ceiling": ceiling["auc"], "n_model": model["n"],
                                       "n_ceiling": ceiling["n"]}
+        targets[target]["patient"]["film_mean_ceiling"] = document["splits"]["test"]["film_mean"][target]["auc"]
     return {"file": CEILING_FILE, "difficulty": document.get("difficulty"), "prevalence": document.get("prevalence"),
             "split": "test", "targets": targets}
 
@@ -224,11 +249,13 @@ def ceiling_lines(block: dict[str, Any]) -> list[str]:
     if "missing" in block:
         return [f"ceiling: no {block['missing']} beside the truth table, so no ceiling to compare with "
                 "(hnp phantom writes it)"]
-    lines = [f"ceiling of the {block['difficulty']} phantom, test split: AUC model / ceiling"]
+    lines = [f"ceiling of the {block['difficulty']} phantom, test split: AUC model / ceiling (per patient: and the "
+             "ceiling of a mean of the films' own scores)"]
     for target, scopes in block["targets"].items():
-        cells = [f"{scope} {_auc_text(s['model'])} / {_auc_text(s['ceiling'])}" for scope, s in
-                 (("per patient", scopes["patient"]), ("per image", scopes["image"]))]
-        lines.append(f"{target:>6}  " + "   ".join(cells))
+        patient, image = scopes["patient"], scopes["image"]
+        lines.append(f"{target:>6}  per patient {_auc_text(patient['model'])} / {_auc_text(patient['ceiling'])} "
+                     f"(film mean {_auc_text(patient['film_mean_ceiling'])})   "
+                     f"per image {_auc_text(image['model'])} / {_auc_text(image['ceiling'])}")
     return lines + count_warning(block)
 
 
@@ -237,13 +264,17 @@ def ceiling_markdown(block: dict[str, Any]) -> str:
     if "missing" in block:
         return (f"No `{block['missing']}` beside the truth table: no ceiling to compare with (`hnp phantom` writes "
                 "it next to `truth.parquet`).")
-    lines = ["| Target | Model per patient | Ceiling per patient | Model per image | Ceiling per image | Patients |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| Target | Model per patient | Ceiling per patient | Ceiling of the film mean | Model per image | "
+             "Ceiling per image | Patients |", "|---|---:|---:|---:|---:|---:|---:|"]
     for target, scopes in block["targets"].items():
         patient, image = scopes["patient"], scopes["image"]
         lines.append(f"| {target} | {_auc_text(patient['model'])} | {_auc_text(patient['ceiling'])} | "
-                     f"{_auc_text(image['model'])} | {_auc_text(image['ceiling'])} | {patient['n_model']} |")
+                     f"{_auc_text(patient['film_mean_ceiling'])} | {_auc_text(image['model'])} | "
+                     f"{_auc_text(image['ceiling'])} | {patient['n_model']} |")
     warning = "".join(f"\n\n**{line}**" for line in count_warning(block))
     return (f"The best ROC AUC any model could reach on this `{block['difficulty']}` phantom's test split (the "
             "generator's own posterior: `docs/phantom.md`), beside the model's. Per patient: all of a patient's "
-            "films together (the model: the mean of its image probabilities).\n\n" + "\n".join(lines) + warning)
+            "films together (the model: the mean of its image probabilities, or a fusion model's study score). "
+            "The ceiling of the film mean is the best a mean of the films' own scores can reach (the paper's "
+            "protocol): the per-patient ceiling above it is what only fusing the films can add.\n\n"
+            + "\n".join(lines) + warning)

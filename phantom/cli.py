@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("patients with HNP per level: %s",
              ", ".join(f"{level} {int(patients[c].sum())}" for level, c in zip(LEVELS, LEVEL_COLUMNS, strict=True)))
     ceiling = read_ceiling(config.out / CEILING_FILE)
-    for scope in ("image", "patient"):
+    for scope, name in (("image", "image"), ("patient", "patient"), ("film_mean", "patient as the film mean")):
         aucs = {target: ceiling_auc(ceiling, target, scope, "all") for target in (*LEVELS, "any")}
-        log.info("ceiling ROC AUC per %s (all splits): %s", scope,
+        log.info("ceiling ROC AUC per %s (all splits): %s", name,
                  ", ".join(f"{t} {'n/a' if a is None else f'{a:.3f}'}" for t, a in aucs.items()))
     return 0

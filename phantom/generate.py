@@ -245,7 +245,7 @@ def _write_truth(config: PhantomConfig, rendered: _Rendered) -> None:
     labels = {t.index: t.patient.labels for t in rendered.patients}
 
     def scored(indices: list[int], posteriors: list[np.ndarray]) -> pd.DataFrame:
-        return pd.DataFrame({"split": [split_of[i] for i in indices],
+        return pd.DataFrame({"patient": indices, "split": [split_of[i] for i in indices],
                              **{f"label_{lv}": [labels[i][k] for i in indices] for k, lv in enumerate(LEVELS)},
                              **{f"posterior_{lv}": [p[k] for p in posteriors] for k, lv in enumerate(LEVELS)}})
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from hnp.levels import LEVELS
 from phantom.ceiling import (
     CEILING_FORMAT,
     CEILING_SPLITS,
@@ -19,6 +20,7 @@ from phantom.ceiling import (
     beside_ceiling,
     ceiling_lines,
     ceiling_markdown,
+    film_mean,
     read_ceiling,
     write_ceiling,
 )
@@ -77,6 +79,8 @@ def test_every_figure_comes_from_its_target_scope_and_the_test_split(truth_path:
             model = roc_auc_score(frame[f"label_{target}"], frame[f"prob_{target}"])
             assert figures["model"] == pytest.approx(model), (target, scope)
             assert figures["n_model"] == len(frame)
+        assert block["targets"][target]["patient"]["film_mean_ceiling"] == \
+            document["splits"]["test"]["film_mean"][target]["auc"], target
     per_image, per_patient = (block["targets"]["L4-5"][s]["model"] for s in ("image", "patient"))
     assert per_image != pytest.approx(per_patient)  # the scopes are told apart by the data too
 
@@ -86,12 +90,13 @@ def test_report_and_console_put_each_figure_in_its_column(truth_path: Path) -> N
     block = beside_ceiling(truth_path, images, patients)
     level = block["targets"]["L5-S1"]
     row = next(line for line in ceiling_markdown(block).splitlines() if line.startswith("| L5-S1 |"))
-    assert row == (f"| L5-S1 | {level['patient']['model']:.3f} | {level['patient']['ceiling']:.3f} | "
-                   f"{level['image']['model']:.3f} | {level['image']['ceiling']:.3f} | 12 |")
+    patient, image = level["patient"], level["image"]
+    assert row == (f"| L5-S1 | {patient['model']:.3f} | {patient['ceiling']:.3f} | {patient['film_mean_ceiling']:.3f} "
+                   f"| {image['model']:.3f} | {image['ceiling']:.3f} | 12 |")
     line = next(line for line in ceiling_lines(block) if line.strip().startswith("L5-S1"))
-    assert line.split() == ["L5-S1", "per", "patient", f"{level['patient']['model']:.3f}", "/",
-                            f"{level['patient']['ceiling']:.3f}", "per", "image", f"{level['image']['model']:.3f}",
-                            "/", f"{level['image']['ceiling']:.3f}"]
+    assert line.split() == ["L5-S1", "per", "patient", f"{patient['model']:.3f}", "/", f"{patient['ceiling']:.3f}",
+                            "(film", "mean", f"{patient['film_mean_ceiling']:.3f})", "per", "image",
+                            f"{image['model']:.3f}", "/", f"{image['ceiling']:.3f}"]
     assert not any("warning" in line for line in ceiling_lines(block))
 
 
@@ -115,3 +120,18 @@ def test_the_any_task_is_compared_on_any_only(truth_path: Path) -> None:
     levels = [f"prob_{level}" for level in TARGETS[:-1]]
     block = beside_ceiling(truth_path, images.drop(columns=levels), patients.drop(columns=levels))
     assert list(block["targets"]) == ["any"]
+
+
+def test_the_film_mean_ceiling_averages_each_films_own_posterior_per_patient() -> None:
+    # Patient 7 has two films: one shows a sign at L1-2 (0.9), one cannot (0.1); the paper's protocol averages
+    # them to 0.5, where the patient's own posterior (all films together) is 0.9. "any" is each film's, averaged.
+    films = pd.DataFrame({"patient": [7, 7, 3], "split": ["test", "test", "train"],
+                          **{f"label_{level}": [1, 1, 0] if k == 0 else [0, 0, 0] for k, level in enumerate(LEVELS)},
+                          **{f"posterior_{level}": [0.9, 0.1, 0.2] if k == 0 else [0.0, 0.0, 0.0]
+                             for k, level in enumerate(LEVELS)}})
+    mean = film_mean(films)
+    assert list(mean.index) == [7, 3] and list(mean["split"]) == ["test", "train"]
+    assert mean.loc[7, "posterior_L1-2"] == pytest.approx(0.5) and mean.loc[3, "posterior_L1-2"] == pytest.approx(0.2)
+    films.loc[1, "posterior_L2-3"] = 0.5  # film 2's "any": 1 - 0.9 * 0.5 = 0.55, not that of the mean posteriors
+    assert film_mean(films).loc[7, "posterior_any"] == pytest.approx((0.9 + 0.55) / 2)
+    assert mean.loc[7, "label_L1-2"] == 1 and mean.loc[3, "label_L1-2"] == 0

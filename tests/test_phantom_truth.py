@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from hnp.errors import HnpError
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from phantom.anatomy import PHANTOM_VIEWS, age_fraction, base_prevalence, sample_patient
-from phantom.ceiling import ceiling_auc, posterior, read_ceiling, scope_aucs
+from phantom.ceiling import ceiling_auc, film_mean, posterior, read_ceiling, scope_aucs
 from phantom.generate import PhantomConfig, generate
 from phantom.signs import PAPER, SIGNS
 from phantom.truth import TRUTH_COLUMNS, TRUTH_FILES, read_truth_table
@@ -148,7 +148,8 @@ def test_ceiling_json_matches_the_truth_tables(paper_small: Path, tables: dict[s
                            **{f"posterior_{lv}": people[("posterior", lv)].to_numpy() for lv in LEVELS}})
     for split in ("train", "test"):
         expected = {"image": scope_aucs(frame[frame["split"] == split]),
-                    "patient": scope_aucs(people[people["split"] == split])}
+                    "patient": scope_aucs(people[people["split"] == split]),
+                    "film_mean": scope_aucs(film_mean(frame[frame["split"] == split]))}
         for scope, targets in expected.items():
             for target, entry in targets.items():
                 assert document["splits"][split][scope][target] == pytest.approx(entry), (split, scope, target)
@@ -168,7 +169,7 @@ def test_easy_narrows_every_herniation_in_every_film_and_its_ceiling_is_one(tmp_
     for level, column in zip(LEVELS, LEVEL_COLUMNS, strict=True):
         assert (images[f"posterior_{level}"] == manifest[column]).all(), level
     document = read_ceiling(tmp_path / "easy" / "ceiling.json")
-    for scope in ("image", "patient"):
+    for scope in ("image", "patient", "film_mean"):
         assert all(document["splits"]["all"][scope][t]["auc"] == 1.0 for t in (*LEVELS, "any")), scope
 
 
