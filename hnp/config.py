@@ -82,6 +82,7 @@ class DataConfig:
 
 
 FUSION_MODES: tuple[str, ...] = ("none", "mean", "attention")
+FUSION_TRAINED: tuple[str, ...] = ("all", "head")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class ModelConfig:
     # An image-level run folder (model.fusion "none", the same shards): each fusion fold starts from that run's
     # fold of the same number, backbone and per-film head, with the pooled head at zero ("" = from `pretrained`).
     fusion_init: str = ""
+    # What a fusion run trains: "all", or "head" with fusion_init: the image run's backbone and per-film head stay
+    # as they are (frozen, batch norm statistics too) and only the fusion layers learn how to combine the films.
+    fusion_train: str = "all"
 
     def __post_init__(self) -> None:
         _check_choice("model.task", self.task, ("any", "levels", "levels_age"))
@@ -109,6 +113,10 @@ class ModelConfig:
             raise HnpError(f"model.fusion_layers: must be 0 or more, got {self.fusion_layers}")
         if self.fusion_init and self.fusion == "none":
             raise HnpError("model.fusion_init: starts a fusion model from an image-level run; set model.fusion too")
+        _check_choice("model.fusion_train", self.fusion_train, FUSION_TRAINED)
+        if self.fusion_train == "head" and not self.fusion_init:
+            raise HnpError("model.fusion_train: head trains the fusion layers on a trained image model's films; "
+                           "set model.fusion_init to that image-level run")
         if self.pos_weight is not None and len(self.pos_weight) != 5:
             raise HnpError(f"model.pos_weight: expected 5 values (one per level), got {len(self.pos_weight)}")
 

@@ -44,6 +44,9 @@ def test_overrides_parse_yaml_values_and_nest() -> None:
         (["folds=1"], "at least 2 folds"),
         (["model.fusion_init=runs/tiny"], "model.fusion_init: starts a fusion model from an image-level run; set "
                                           "model.fusion too"),
+        (["model.fusion=mean", "model.fusion_train=head"], "model.fusion_train: head trains the fusion layers on a "
+                                                           "trained image model's films; set model.fusion_init"),
+        (["model.fusion=mean", "model.fusion_train=heads"], "model.fusion_train: 'heads' is not one of all, head"),
     ],
 )
 def test_bad_config_is_an_error_naming_the_key(overrides: list[str], message: str) -> None:

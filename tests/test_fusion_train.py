@@ -124,7 +124,8 @@ def test_the_running_loss_of_a_fusion_epoch_is_per_study_and_its_speed_per_film(
 
 def _image_run(run_dir: Path, cfg: ExperimentConfig, dataset: str, **changes: object) -> None:
     """A run folder of image-level fold checkpoints as `hnp train` writes them: fold k's weights seeded k."""
-    image_cfg = replace(cfg, model=replace(cfg.model, **{"fusion": "none", "fusion_init": "", **changes}))
+    image_cfg = replace(cfg, model=replace(cfg.model, **{"fusion": "none", "fusion_init": "", "fusion_train": "all",
+                                                         **changes}))
     for fold in range(cfg.folds):
         torch.manual_seed(fold)
         model = build_model(image_cfg.model, image_cfg.data.channels)
@@ -140,6 +141,22 @@ def test_a_fusion_fold_starts_from_the_same_fold_of_an_image_run(tmp_path: Path)
     fold1 = load_checkpoint(tmp_path / "image" / "fold1" / "best.pt").model
     torch.testing.assert_close(trainer.module.film_head[-1].weight, fold1.get_classifier().weight)
     torch.testing.assert_close(trainer.module.backbone.conv_stem.weight, fold1.conv_stem.weight)
+
+
+def test_training_the_head_only_leaves_the_image_runs_backbone_and_film_head_as_they_were(tmp_path: Path) -> None:
+    shards = build_study_shards(tmp_path / "data", copies=4)
+    cfg = fusion_cfg("attention", fusion_init=str(tmp_path / "image"), fusion_train="head")
+    _image_run(tmp_path / "image", cfg, dataset=read_dataset(shards).identity)
+    loader = build_fold_loader(cfg, shards, ["fold1"], training=True, seed=0)
+    trainer = build_trainer(cfg, steps_per_epoch=len(loader), ctx=FoldContext(fold=0))
+    before = {name: value.clone() for name, value in trainer.module.state_dict().items()}
+    train_one_epoch(trainer, loader, progress=False)
+    after = trainer.module.state_dict()
+    frozen = [name for name in before if name.startswith(("backbone.", "film_head."))]
+    assert any("running_mean" in name for name in frozen)  # batch norm statistics are among them
+    changed = [name for name in frozen if not torch.equal(before[name], after[name])]
+    assert not changed
+    assert not torch.equal(before["head.4.weight"], after["head.4.weight"])  # the fusion head learned
 
 
 @pytest.mark.parametrize(("change", "dataset", "message"), [

@@ -29,7 +29,9 @@ works at test time.
 
 `model.fusion_init` starts each fold from the same fold of an image-level run on the same shards: its backbone,
 its classifier as the per-film head, and the pooled head at zero, so that training begins at that run's scores
-(the mean of its films' logits) and fusion adds to them (`start_fold_from_image_run`).
+(the mean of its films' logits) and fusion adds to them (`start_fold_from_image_run`). With `model.fusion_train:
+head` those stay frozen and only the fusion layers learn (`FusionModel.freeze_film_scorer`): the fused score is then
+the image run's per-patient mean plus what the films say together, a paired comparison of the two aggregations.
 
     model = build_fusion_model(cfg.model, channels=1)
     logits = model(films, views, mask)            # films (N, C, S, S); views, mask (B, V) -> (B, outputs)
@@ -105,6 +107,22 @@ class FusionModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(drop_rate),
                                   nn.Linear(dim, outputs))
         self.film_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(features, outputs))
+        self.film_scorer_frozen = False
+
+    def freeze_film_scorer(self) -> None:
+        """Train the fusion layers only (`model.fusion_train: head`): the backbone and the per-film head keep their
+        weights, and stay in eval mode so that batch norm keeps its statistics and dropout stays off."""
+        self.film_scorer_frozen = True
+        for part in (self.backbone, self.film_head):
+            part.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FusionModel:
+        super().train(mode)
+        if self.film_scorer_frozen:
+            self.backbone.eval()
+            self.film_head.eval()
+        return self
 
     def forward(self, films: torch.Tensor, views: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor | FusionTrainingOutput:
@@ -186,8 +204,11 @@ def check_fusion_init(cfg: ExperimentConfig, dataset_identity: str) -> None:
 
 
 def start_fold_from_image_run(model: FusionModel, cfg: ModelConfig, fold: int) -> None:
-    """Start `model` from fold `fold` of the image-level run `cfg.fusion_init` (checked by `check_fusion_init`)."""
+    """Start `model` from fold `fold` of the image-level run `cfg.fusion_init` (checked by `check_fusion_init`), its
+    film scorer frozen where `cfg.fusion_train` is "head"."""
     model.start_from_image_model(_load_image_fold(image_fold_checkpoint(cfg, fold)).model)
+    if cfg.fusion_train == "head":
+        model.freeze_film_scorer()
 
 
 def image_fold_checkpoint(cfg: ModelConfig, fold: int) -> Path:

@@ -83,8 +83,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, the paper's optimizer (lr 3e-5 in the paper config)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Adam, the paper's optimizer (lr 3e-5 in the paper config), over the parameters that train."""
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return torch.optim.Adam(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
