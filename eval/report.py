@@ -229,6 +229,8 @@ def write_report(out_dir: Path, sections: Mapping[str, str], title: str) -> Path
     return atomic_write_text(out_dir / "report.md", "\n".join(parts))
 
 
-def cv_heading(task: str) -> str:
-    """The section heading naming the paper table whose layout the cross-validation view follows."""
-    return f"Cross-validation (out-of-fold, image level; paper {_CV_TABLE[task]} layout)"
+def cv_heading(task: str, fusion: str = "none") -> str:
+    """The section heading naming the paper table whose layout the cross-validation view follows; a fusion run's
+    out-of-fold predictions are per study."""
+    unit = "image" if fusion == "none" else "study"
+    return f"Cross-validation (out-of-fold, {unit} level; paper {_CV_TABLE[task]} layout)"

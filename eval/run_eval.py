@@ -319,7 +319,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         films = film_weights(folds, eval_loader(data, options.shards, fusion, device), device, eval_amp(folds, device))
         films.to_parquet(options.out / FILMS_TABLE, index=False)
     patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
-    ceiling = phantom_ceiling(options.truth, images, patients)
+    ceiling = phantom_ceiling(options.truth, images if fusion == "none" else None, patients)
     meta_json = {
         "run": options.run.name, "task": task, "folds": [f.fold for f in folds], "threshold_rule": options.threshold,
         "thresholds_per_fold": {f.fold: t for f, t in zip(folds, per_fold, strict=True)},
@@ -340,8 +340,8 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
                                            thresholds, explain_options(options))
     elif options.gradcam_top > 0:
         explained = explain_test_set(folds, images, tars, data, thresholds, explain_options(options))
-    sections = report_sections(table, oof, per_fold, folds, options, explained, len(images), clinical.sections,
-                               ceiling)
+    scored = f"{len(images)} test images" if films is None else f"{len(images)} test studies ({len(films)} films)"
+    sections = report_sections(table, oof, per_fold, folds, options, explained, scored, clinical.sections, ceiling)
     if films is not None:
         sections["Film weights per view (fusion)"] = weights_markdown(films)
     if explained is not None and fusion != "none":
@@ -359,15 +359,16 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],
                     folds: Sequence[FoldCheckpoint], options: EvalOptions, explained: Explanations | None,
-                    n_images: int, clinical_sections: dict[str, str],
+                    scored: str, clinical_sections: dict[str, str],
                     ceiling: dict[str, Any] | None = None) -> dict[str, str]:
     """The report.md sections, in order; `clinical_sections` (`eval.clinical`) follow the test set's, the phantom's
-    ceiling (`phantom_ceiling`) follows them."""
+    ceiling (`phantom_ceiling`) follows them. `scored` says what the fold models scored: "N test images", or a
+    fusion run's "N test studies (M films)"."""
     task = folds[0].config.model.task
     n_patients = int(table["n"].iloc[0])
     sections = {
         "Test set (paper Table 5 layout)": (
-            f"{n_images} test images of {n_patients} patients, {len(folds)} fold models bagged (mean probability), "
+            f"{scored} of {n_patients} patients, {len(folds)} fold models bagged (mean probability), "
             f"then averaged per patient. Threshold rule: `{options.threshold}` (see `eval/bagging.py`). ROC AUC "
             f"with a {options.bootstrap}-resample patient bootstrap 95% interval (seed {options.seed}). Our values "
             "on the left, the paper's Table 5 on the right (paper accuracy: "
@@ -382,7 +383,7 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
         sections["Phantom ceiling"] = ceiling_markdown(ceiling)
     if oof is not None:
         thresholds = {f.fold: t for f, t in zip(folds, per_fold, strict=True)}
-        sections[report.cv_heading(task)] = (
+        sections[report.cv_heading(task, folds[0].fusion)] = (
             "Each fold's out-of-fold validation predictions at that fold's own Youden-J thresholds.\n\n"
             + report.cv_table_markdown(oof, thresholds, task)
         )
@@ -391,8 +392,10 @@ def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, pe
     return sections
 
 
-def phantom_ceiling(truth: Path | None, images: pd.DataFrame, patients: pd.DataFrame) -> dict[str, Any] | None:
-    """With --truth, the model's test AUC beside the phantom's ceiling (`phantom.ceiling.beside_ceiling`)."""
+def phantom_ceiling(truth: Path | None, images: pd.DataFrame | None,
+                    patients: pd.DataFrame) -> dict[str, Any] | None:
+    """With --truth, the model's test AUC beside the phantom's ceiling (`phantom.ceiling.beside_ceiling`); `images`
+    None for a fusion run, which scores no image alone."""
     if truth is None:
         return None
     from phantom.ceiling import beside_ceiling

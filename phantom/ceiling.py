@@ -41,8 +41,8 @@ so it may fall short of it even with unlimited data. "any" uses 1 - prod(1 - P) 
      "targets": {"L1-2": {"image": {"model": 0.61, "ceiling": 0.74, "n_model": 310, "n_ceiling": 310},
                           "patient": {..., "film_mean_ceiling": 0.82}}, ..., "any": {...}}}
 
-with "model" the AUC of the model's bagged probability per image (`predictions_images`) and per patient (the
-patient mean, or a fusion model's study score: `predictions_patients`), "ceiling" the phantom's test-split ceiling
+with "model" the AUC of the model's bagged probability per image (`predictions_images`; None for a fusion model)
+and per patient (the patient mean, or a fusion model's study score: `predictions_patients`), "ceiling" the phantom's test-split ceiling
 of the same scope, "film_mean_ceiling" the test split's "film_mean" ceiling, and the row counts each was computed on
 (they differ only if some test radiographs were not sharded).
 """
@@ -206,12 +206,13 @@ def ceiling_beside_truth(truth_path: Path) -> Path:
     return Path(truth_path).parent / CEILING_FILE
 
 
-def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFrame) -> dict[str, Any]:
+def beside_ceiling(truth_path: Path, images: pd.DataFrame | None, patients: pd.DataFrame) -> dict[str, Any]:
     """A model's test AUC per target and scope beside the phantom's ceiling (format: the module docstring).
 
     Args:
         truth_path: the phantom's truth.parquet; its ceiling.json is read from the same folder.
-        images: one row per test image with `label_<target>` and `prob_<target>` (`hnp.predictions`'s columns).
+        images: one row per test image with `label_<target>` and `prob_<target>` (`hnp.predictions`'s columns);
+            None for a fusion model, which scores no image alone: its per-image "model" and "n_model" are None.
         patients: the same per test patient.
     """
     path = ceiling_beside_truth(truth_path)
@@ -220,10 +221,11 @@ def beside_ceiling(truth_path: Path, images: pd.DataFrame, patients: pd.DataFram
     document = read_ceiling(path)
     frames = {"image": images, "patient": patients}
     targets = {}
-    for target in (t for t in TARGETS if prob_column(t) in images):  # the "any" task predicts "any" only
+    for target in (t for t in TARGETS if prob_column(t) in patients):  # the "any" task predicts "any" only
         targets[target] = {}
         for scope, frame in frames.items():
-            model = target_auc(frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy())
+            model = (target_auc(frame[label_column(target)].to_numpy(), frame[prob_column(target)].to_numpy())
+                     if frame is not None else {"auc": None, "n": None})
             ceiling = document["splits"]["test"][scope][target]
             targets[target][scope] = {"model": model["auc"], "ceiling": ceiling["auc"], "n_model": model["n"],
                                       "n_ceiling": ceiling["n"]}
@@ -240,7 +242,7 @@ def count_warning(block: dict[str, Any]) -> list[str]:
     """A line where the model's test rows are not the ceiling's (radiographs not sharded, or another phantom)."""
     counts = block["targets"]["any"]  # every task reports "any"
     differ = [f"{s['n_model']} {scope}s scored, the ceiling's {s['n_ceiling']}" for scope, s in counts.items()
-              if s["n_model"] != s["n_ceiling"]]
+              if s["n_model"] is not None and s["n_model"] != s["n_ceiling"]]
     return [f"warning: {'; '.join(differ)}: not the same test set"] if differ else []
 
 

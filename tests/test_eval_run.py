@@ -45,8 +45,11 @@ def test_eval_writes_every_contract_file(report: Path) -> None:
         assert (report / name).is_file(), name
     assert (report / "roc.png").read_bytes().startswith(b"\x89PNG")
     text = (report / "report.md").read_text()
-    for heading in ("paper Table 5 layout", "paper Table 3 layout", "Grad-CAM", "Pointing game"):
+    for heading in ("paper Table 5 layout", "Cross-validation (out-of-fold, image level; paper Table 3 layout)",
+                    "Grad-CAM", "Pointing game"):
         assert heading in text
+    images = len(pd.read_parquet(report / "predictions_images.parquet"))
+    assert f"\n{images} test images of " in text
     assert "| L4-5 |" in text and "0.41 | 0.47 | 0.43 | 0.67 |" in text
 
 

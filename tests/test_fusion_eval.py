@@ -111,7 +111,11 @@ def test_each_test_film_has_its_pooling_weight_in_the_report(world: dict[str, Pa
         paths[-1].write_bytes(film.read("jpg"))
     result = predict_patient(world["run"], paths, views=[VIEWS[v] for v in study.views], device="cpu")
     assert films.set_index("key").loc[study.key, "weight"].tolist() == pytest.approx(result["film_weights"], abs=1e-5)
-    assert "## Film weights per view (fusion)" in (world["report"] / "report.md").read_text()
+    report = (world["report"] / "report.md").read_text()
+    assert "## Film weights per view (fusion)" in report
+    studies = len(read_dataset(world["shards"]).split_studies(["test"]))
+    assert f"{studies} test studies ({len(films)} films) of " in report  # not "N test images": they are studies
+    assert "## Cross-validation (out-of-fold, study level;" in report
 
 
 def test_eval_of_a_fusion_run_maps_every_film_of_the_top_studies(world: dict[str, Path]) -> None:

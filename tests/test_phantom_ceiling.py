@@ -135,3 +135,14 @@ def test_the_film_mean_ceiling_averages_each_films_own_posterior_per_patient() -
     films.loc[1, "posterior_L2-3"] = 0.5  # film 2's "any": 1 - 0.9 * 0.5 = 0.55, not that of the mean posteriors
     assert film_mean(films).loc[7, "posterior_any"] == pytest.approx((0.9 + 0.55) / 2)
     assert mean.loc[7, "label_L1-2"] == 1 and mean.loc[3, "label_L1-2"] == 0
+
+
+def test_a_fusion_model_has_no_per_image_score_and_no_false_count_warning(truth_path: Path) -> None:
+    # A fusion run's rows are studies: compared as images they made a "not the same test set" warning.
+    _, patients = prediction_frames()
+    block = beside_ceiling(truth_path, None, patients)
+    image = block["targets"]["L1-2"]["image"]
+    assert image["model"] is None and image["n_model"] is None and image["ceiling"] is not None
+    assert block["targets"]["L1-2"]["patient"]["model"] is not None
+    assert not any("warning" in line for line in ceiling_lines(block))
+    assert "per image n/a /" in next(line for line in ceiling_lines(block) if line.strip().startswith("L1-2"))
