@@ -106,9 +106,11 @@ def registered_epochs(run: Path, fold: int) -> int:
 
 def interruptible(run: Path) -> bool:
     """The moment to interrupt the demo: a fold has finished and a fold of the next wave (ray.max_concurrent_folds
-    is 2) has a registered checkpoint but has not finished, so the rerun must skip one and resume the other."""
+    is 2) has a registered checkpoint but has not finished, so the rerun must skip one and resume the other. The
+    checkpoint must be of an epoch before the last: a fold whose last epoch is registered may be done copying its
+    folder by the time the kill lands, and then no fold is left to resume (seen once, under load)."""
     finished = [k for k in range(FOLDS) if fold_done(run, k)]
-    return bool(finished) and any(registered_epochs(run, k) for k in range(FOLDS) if k not in finished)
+    return bool(finished) and any(0 < registered_epochs(run, k) < EPOCHS for k in range(FOLDS) if k not in finished)
 
 
 def interrupted_state(out: Path) -> dict:
