@@ -11,6 +11,7 @@ confounder). Pose, exposure, contrast, blur and noise vary per image. What a her
   --difficulty paper   narrowing, listhesis, instability (FLEX vs EXT), osteophytes, sclerosis, scoliosis and facet
                        changes, each only in the views that show it, also without herniation (more with age), and
                        none at all for a third of herniations: a realistic ceiling, and evidence split over views
+  --difficulty instability   instability alone: only the FLEX and EXT films compared show it (for fusion)
 
 Writes to OUT:
   images/pNNNNNN_K.jpg   the radiographs (named by running number, never by patient ID)

@@ -306,7 +306,21 @@ PAPER = Difficulty(
     },
 )
 
-DIFFICULTIES: dict[str, Difficulty] = {d.name: d for d in (EASY, PAPER)}
+# `instability`: the one `paper` sign no film shows alone, on its own: a herniated segment (and a few degenerated
+# ones) moves abnormally between flexion and extension. A film, or the mean of a patient's films scored one at a
+# time, tells nothing beyond the age; only a model that compares the FLEX and EXT films can score it (issue 16).
+INSTABILITY = Difficulty(
+    name="instability",
+    summary="instability only (FLEX against EXT): no film alone, nor the mean of the films' scores, shows a "
+            "herniation; the benchmark of multi-view fusion",
+    segment_play=PAPER.segment_play,
+    segment_jitter=PAPER.segment_jitter,
+    signs={sign: (SignModel(p_hnp=0.8, p_young=0.02, p_old=0.06, magnitude=PAPER.signs[sign].magnitude,
+                            views=("FLEX", "EXT"), show="all") if sign == "instability" else _absent())
+           for sign in SIGNS},
+)
+
+DIFFICULTIES: dict[str, Difficulty] = {d.name: d for d in (EASY, PAPER, INSTABILITY)}
 
 
 def difficulty_preset(name: str) -> Difficulty:

@@ -154,7 +154,7 @@ def test_bad_size_is_an_error(text: str) -> None:
         ({"seed": -1}, "--seed must be a non-negative integer"),
         ({"size": (40, 30)}, "--size 40x30 is too small"),
         ({"prevalence": "rare"}, "unknown prevalence mode 'rare'"),
-        ({"difficulty": "hard"}, "unknown difficulty 'hard': choose one of easy, paper"),
+        ({"difficulty": "hard"}, "unknown difficulty 'hard': choose one of easy, paper, instability"),
     ],
 )
 def test_bad_arguments_are_errors(tmp_path: Path, changes: dict, message: str) -> None:

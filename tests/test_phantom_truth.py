@@ -19,7 +19,7 @@ from hnp.levels import LEVEL_COLUMNS, LEVELS
 from phantom.anatomy import PHANTOM_VIEWS, age_fraction, base_prevalence, sample_patient
 from phantom.ceiling import ceiling_auc, film_mean, posterior, read_ceiling, scope_aucs
 from phantom.generate import PhantomConfig, generate
-from phantom.signs import PAPER, SIGNS
+from phantom.signs import PAPER, SIGNS, difficulty_preset
 from phantom.truth import TRUTH_COLUMNS, TRUTH_FILES, read_truth_table
 
 SMALL = (128, 100)
@@ -254,3 +254,27 @@ def test_no_learner_beats_the_ceiling_and_all_films_beat_one(simulated: dict[str
         assert ceiling - 0.03 < learned < ceiling + 0.005, (scope, learned, ceiling)
         aucs[scope] = (learned, ceiling)
     assert aucs["patient"][1] > aucs["image"][1] + 0.05 and aucs["patient"][0] > aucs["image"][0] + 0.05, aucs
+
+
+def test_the_instability_preset_shows_nothing_to_the_films_mean_and_much_to_the_patients_films_together() -> None:
+    # The fusion benchmark: each film's ideal posterior, averaged per patient, scores no better than the age alone;
+    # the FLEX and EXT films compared score far above it.
+    preset, base = difficulty_preset("instability"), base_prevalence("balanced")
+    assert [sign for sign, model in preset.signs.items() if model.p_hnp > 0] == ["instability"]
+    rng = np.random.default_rng(0)
+    films, people = [], []
+    for index in range(1500):
+        patient = sample_patient(rng, base, preset)
+        labels = {f"label_{level}": y for level, y in zip(LEVELS, patient.labels, strict=True)}
+        films += [{"patient": index, **labels, **dict(zip([f"posterior_{lv}" for lv in LEVELS],
+                                                          posterior(patient, (view,), base), strict=True))}
+                  for view in patient.views]
+        people.append({**labels, **dict(zip([f"posterior_{lv}" for lv in LEVELS],
+                                            posterior(patient, patient.views, base), strict=True)),
+                       **dict(zip([f"age_{lv}" for lv in LEVELS], posterior(patient, (), base), strict=True))})
+    films, people = pd.DataFrame(films), pd.DataFrame(people)
+    mean, together = scope_aucs(film_mean(films)), scope_aucs(people)
+    for level in LEVELS:
+        age_only = roc_auc_score(people[f"label_{level}"], people[f"age_{level}"])
+        assert abs(mean[level]["auc"] - age_only) < 0.02, level
+        assert together[level]["auc"] > mean[level]["auc"] + 0.15, level
