@@ -278,5 +278,11 @@ def ceiling_markdown(block: dict[str, Any]) -> str:
             "generator's own posterior: `docs/phantom.md`), beside the model's. Per patient: all of a patient's "
             "films together (the model: the mean of its image probabilities, or a fusion model's study score). "
             "The ceiling of the film mean is the best a mean of the films' own scores can reach (the paper's "
-            "protocol): the per-patient ceiling above it is what only fusing the films can add.\n\n"
+            "protocol): the per-patient ceiling's excess over it is what only fusing the films can add (in "
+            "expectation; on a small test set either may come out higher)." + _fusion_note(block) + "\n\n"
             + "\n".join(lines) + warning)
+
+
+def _fusion_note(block: dict[str, Any]) -> str:
+    scores_images = any(scopes["image"]["model"] is not None for scopes in block["targets"].values())
+    return "" if scores_images else " A fusion model scores studies, not images: it has no per-image AUC."

@@ -146,3 +146,5 @@ def test_a_fusion_model_has_no_per_image_score_and_no_false_count_warning(truth_
     assert block["targets"]["L1-2"]["patient"]["model"] is not None
     assert not any("warning" in line for line in ceiling_lines(block))
     assert "per image n/a /" in next(line for line in ceiling_lines(block) if line.strip().startswith("L1-2"))
+    assert "A fusion model scores studies, not images" in ceiling_markdown(block)
+    assert "A fusion model" not in ceiling_markdown(beside_ceiling(truth_path, *prediction_frames()))
