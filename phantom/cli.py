@@ -7,11 +7,12 @@
 Each patient has 1-6 grayscale JPEGs (views AP, LAT, OBL_L, OBL_R, FLEX, EXT) of five lumbar vertebrae over a
 sacrum, all sharing the patient's age and labels. Age raises prevalence and narrows every disc a little (a
 confounder). Pose, exposure, contrast, blur and noise vary per image. What a herniation shows (phantom.signs):
-  --difficulty easy    every herniated disc is clearly narrowed in every view, often with spurs and sclerosis
-  --difficulty paper   narrowing, listhesis, instability (FLEX vs EXT), osteophytes, sclerosis, scoliosis and facet
-                       changes, each only in the views that show it, also without herniation (more with age), and
-                       none at all for a third of herniations: a realistic ceiling, and evidence split over views
-  --difficulty instability   instability alone: only the FLEX and EXT films compared show it (for fusion)
+  --difficulty easy         every herniated disc is clearly narrowed in every view, often with spurs and sclerosis
+  --difficulty paper        narrowing, listhesis, instability (FLEX vs EXT), osteophytes, sclerosis, scoliosis and
+                            facet changes, each only in the views that show it, also without herniation (more with
+                            age), and none at all for a quarter of herniations: a realistic ceiling, and evidence
+                            split over views
+  --difficulty instability  instability alone: only the FLEX and EXT films compared show it (the fusion benchmark)
 
 Writes to OUT:
   images/pNNNNNN_K.jpg   the radiographs (named by running number, never by patient ID)
@@ -20,7 +21,8 @@ Writes to OUT:
                          <level>_x/_y, _half_height, _half_width (pixels), _angle (degrees), posterior_<level>
   truth_signs.parquet    per image x level x sign: planted, visible in this image, severity, magnitude, box
   truth_patients.parquet per patient x level x sign: the latent state (HNP, silent, signs, what the films show)
-  ceiling.json           the best ROC AUC any model could reach, per level, per image and per patient
+  ceiling.json           the best ROC AUC any model could reach, per level, per image and per patient, and
+                         the best a mean of the films' own scores (the paper's per-image mean) could reach
 
 The same --seed gives identical bytes whatever --workers is.
 """
