@@ -279,7 +279,7 @@ EASY = Difficulty(
 )
 
 # `paper`: signs that real films show, each in the views that would show it, often absent, often present without a
-# herniation (more so with age), with overlapping severities; a third of herniations show nothing.
+# herniation (more so with age), with overlapping severities; a quarter of herniations carry no sign at all.
 _MILD, _SEVERE = Severity(a=2.0, b=3.0), Severity(a=3.0, b=2.0)
 PAPER = Difficulty(
     name="paper",
