@@ -136,11 +136,11 @@ def test_resuming_with_other_settings_is_refused(small_export: dict, tmp_path: P
         import_dicom(other)
 
 
-@pytest.mark.slow
 def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     export, labels = _export(tmp_path, patients=60, size=(512, 400))
     argv = [sys.executable, "-c", HNP, "import-dicom", str(export), "--labels", str(labels), "--workers", "2",
