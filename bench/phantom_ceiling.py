@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hnp.levels import LEVELS
-from phantom.anatomy import PHANTOM_VIEWS, PREVALENCE_MODES, base_prevalence, sample_patient
+from phantom.anatomy import PHANTOM_VIEWS, PREVALENCE_MODES, Patient, base_prevalence, sample_patient
 from phantom.ceiling import film_mean, posterior, scope_aucs
 from phantom.signs import DIFFICULTIES, SIGNS, difficulty_preset
 
@@ -32,6 +32,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def posterior_columns(patient: Patient, films: tuple[str, ...], base: np.ndarray) -> dict[str, float]:
+    """`posterior_<level>`: the ideal observer's P(HNP) per level from these films of the patient."""
+    return {f"posterior_{lv}": p for lv, p in zip(LEVELS, posterior(patient, films, base), strict=True)}
+
+
 def simulate(difficulty: str, prevalence: str, patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                                  np.ndarray, np.ndarray]:
     """Image rows, patient rows (labels and posteriors), and each patient's signs shown (N, 5, 7) with labels."""
@@ -41,11 +46,9 @@ def simulate(difficulty: str, prevalence: str, patients: int, seed: int) -> tupl
     for index in tqdm(range(patients), desc="patients", mininterval=2):
         patient = sample_patient(rng, base, preset)
         label = {f"label_{level}": y for level, y in zip(LEVELS, patient.labels, strict=True)}
-        for view in patient.views:
-            post = posterior(patient, (view,), base)
-            images.append({"patient": index, "view": view, **label, **{f"posterior_{lv}": p for lv, p in zip(LEVELS, post, strict=True)}})
-        post = posterior(patient, patient.views, base)
-        people.append({**label, **{f"posterior_{lv}": p for lv, p in zip(LEVELS, post, strict=True)}})
+        images += [{"patient": index, "view": view, **label, **posterior_columns(patient, (view,), base)}
+                   for view in patient.views]
+        people.append({**label, **posterior_columns(patient, patient.views, base)})
         shown.append(patient.signs.visible(patient.views, preset))
         labels.append(patient.labels)
     return pd.DataFrame(images), pd.DataFrame(people), np.array(shown), np.array(labels, dtype=bool)

@@ -42,9 +42,9 @@ so it may fall short of it even with unlimited data. "any" uses 1 - prod(1 - P) 
                           "patient": {..., "film_mean_ceiling": 0.82}}, ..., "any": {...}}}
 
 with "model" the AUC of the model's bagged probability per image (`predictions_images`; None for a fusion model)
-and per patient (the patient mean, or a fusion model's study score: `predictions_patients`), "ceiling" the phantom's test-split ceiling
-of the same scope, "film_mean_ceiling" the test split's "film_mean" ceiling, and the row counts each was computed on
-(they differ only if some test radiographs were not sharded).
+and per patient (the patient mean, or a fusion model's study score: `predictions_patients`), "ceiling" the
+phantom's test-split ceiling of the same scope, "film_mean_ceiling" the test split's "film_mean" ceiling, and the
+row counts each was computed on (they differ only if some test radiographs were not sharded).
 """
 
 from __future__ import annotations

@@ -261,17 +261,19 @@ def test_the_instability_preset_shows_nothing_to_the_films_mean_and_much_to_the_
     # the FLEX and EXT films compared score far above it.
     preset, base = difficulty_preset("instability"), base_prevalence("balanced")
     assert [sign for sign, model in preset.signs.items() if model.p_hnp > 0] == ["instability"]
+
+    def per_level(prefix: str, values: object) -> dict[str, object]:
+        return {f"{prefix}_{level}": value for level, value in zip(LEVELS, values, strict=True)}
+
     rng = np.random.default_rng(0)
     films, people = [], []
     for index in range(1500):
         patient = sample_patient(rng, base, preset)
-        labels = {f"label_{level}": y for level, y in zip(LEVELS, patient.labels, strict=True)}
-        films += [{"patient": index, **labels, **dict(zip([f"posterior_{lv}" for lv in LEVELS],
-                                                          posterior(patient, (view,), base), strict=True))}
+        labels = per_level("label", patient.labels)
+        films += [{"patient": index, **labels, **per_level("posterior", posterior(patient, (view,), base))}
                   for view in patient.views]
-        people.append({**labels, **dict(zip([f"posterior_{lv}" for lv in LEVELS],
-                                            posterior(patient, patient.views, base), strict=True)),
-                       **dict(zip([f"age_{lv}" for lv in LEVELS], posterior(patient, (), base), strict=True))})
+        people.append({**labels, **per_level("posterior", posterior(patient, patient.views, base)),
+                       **per_level("age", posterior(patient, (), base))})  # no film: the age's prior alone
     films, people = pd.DataFrame(films), pd.DataFrame(people)
     mean, together = scope_aucs(film_mean(films)), scope_aucs(people)
     for level in LEVELS:
