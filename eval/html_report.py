@@ -127,7 +127,7 @@ def gallery_cards(report_dir: Path, thresholds: dict[str, float]) -> pd.DataFram
 
     Args:
         report_dir: the report folder.
-        thresholds: the decision threshold per level (metrics.json).
+        thresholds: the decision threshold per target (metrics.json's).
     """
     index_path = report_dir / "gradcam" / "index.csv"
     index = pd.read_csv(index_path)
@@ -136,7 +136,8 @@ def gallery_cards(report_dir: Path, thresholds: dict[str, float]) -> pd.DataFram
         raise HnpError(f"{index_path}: missing columns {', '.join(sorted(needed - set(index.columns)))}")
     unknown = sorted(set(index["level"]) - set(thresholds))
     if unknown:
-        raise HnpError(f"{index_path}: level {unknown[0]} has no threshold in {report_dir / 'metrics.json'}")
+        raise HnpError(f"{index_path}: level {unknown[0]} has no threshold in the report (it has "
+                       f"{', '.join(thresholds)})")
     sources = [f"gradcam/{file}" for file in index["file"]]
     files = [_local_file(report_dir, source) for source in sources]
     missing = [source for source, file in zip(sources, files, strict=True) if file is None]
@@ -198,21 +199,24 @@ def render_page(title: str, sections: list[Section]) -> str:
             f"<script>{_SCRIPT}</script></body></html>\n")
 
 
-def write_html_report(report_dir: Path) -> Path:
-    """Write `report_dir/report.html` from report.md, metrics.json and gradcam/index.csv (those present).
+def write_html_report(report_dir: Path, thresholds: dict[str, float] | None = None) -> Path:
+    """Write `report_dir/report.html` from report.md and gradcam/index.csv (those present).
 
     Args:
         report_dir: a report folder written by `hnp eval` (report.md at least).
+        thresholds: the decision threshold per target, in the report's order, for the gallery's outcomes; read
+            from the folder's metrics.json when not given (`hnp eval` gives them: it writes metrics.json last).
     """
     report_md = report_dir / "report.md"
     if not report_md.is_file():
         raise HnpError(f"{report_md}: not found; report.html is built from it")
     title, sections = markdown_sections(report_dir, report_md.read_text(encoding="utf-8"))
     if (report_dir / "gradcam" / "index.csv").is_file():
-        metrics = json.loads((report_dir / "metrics.json").read_text())["metrics"]
-        thresholds = {target: row["threshold"] for target, row in metrics.items()}
+        if thresholds is None:
+            metrics = json.loads((report_dir / "metrics.json").read_text())["metrics"]
+            thresholds = {target: row["threshold"] for target, row in metrics.items()}
         cards = gallery_cards(report_dir, thresholds)
-        sections.append(gallery_section(cards, [target for target in metrics if target in set(cards["level"])]))
+        sections.append(gallery_section(cards, [target for target in thresholds if target in set(cards["level"])]))
     return atomic_write_text(report_dir / "report.html", render_page(title, sections))
 
 

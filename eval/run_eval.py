@@ -9,6 +9,8 @@ batch, no augmentation; on a GPU under the run's autocast, bf16 by default, on t
 per-patient means and thresholds follow `eval.bagging`; the files are those of the report contract (DESIGN.md):
 predictions_images.parquet, predictions_patients.parquet, metrics.json/.csv, report.md, report.html, roc.png, pr.png,
 calibration.png, operating_points.csv, gradcam/ and explanations/ (the maps and their checks: `eval.explain`).
+metrics.json is written last, so a folder without it is unfinished; an evaluation into the folder of an earlier one
+removes the earlier report first (`clear_earlier_report`).
 Calibration and operating points: `eval.clinical`.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +46,13 @@ from train.model import FoldCheckpoint, load_checkpoint, outputs_to_predictions
 
 log = logging.getLogger("hnp.eval")
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+# The report contract's files (DESIGN.md), in the order they are written: metrics.json, last, says that the folder
+# is a finished report
+REPORT_FILES = ("calibration.png", "pr.png", "operating_points.csv", "predictions_images.parquet", STUDIES_TABLE,
+                FILMS_TABLE, "predictions_patients.parquet", "roc.png", "explanations.json", "report.md",
+                "report.html", "metrics.csv", "metrics.json")
+REPORT_FOLDERS = ("gradcam", "explanations")
+
 
 
 @dataclass(frozen=True)
@@ -302,6 +312,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     predicted = predict_folds(folds, loader, device, total=len(loader))
     check_each_once(predicted, meta)
     images = image_frame(meta, predicted, [f.fold for f in folds], task)
+    clear_earlier_report(options.out)
 
     per_fold = [bagging.fold_thresholds(f.thresholds, oof[f.fold] if oof else None, task, f.fold) for f in folds]
     oof_by_patient = oof_for_report(oof, options, rule, task, fusion)
@@ -328,7 +339,6 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed, "unit": "patient", "interval": 0.95},
         **clinical.document, "ceiling": ceiling,
     }
-    report.write_metrics(table, options.out, meta_json)
     report.plot_roc(patients, task, options.out / "roc.png", f"{options.run.name}: test set, per patient")
 
     explained = None
@@ -349,12 +359,27 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
 
         sections["Which film carries the fused prediction"] = film_share_markdown(explained.index)
     report.write_report(options.out, sections, f"Evaluation of run {options.run.name}")
-    write_html_report(options.out)
+    write_html_report(options.out, thresholds=table["threshold"].to_dict())
+    report.write_metrics(table, options.out, meta_json)  # last: a folder with metrics.json is a finished report
     if options.wandb:
         log_metrics_to_wandb(folds[0].config, table, options.out)
     log.info("wrote %s", options.out)
     return {**meta_json, "metrics": table.to_dict(orient="index"),
             "explanations": explanation_json(explained) if explained is not None else None}
+
+
+def clear_earlier_report(out: Path) -> None:
+    """Remove an earlier evaluation's report from `out` before anything new is written there: no file of it (a
+    table, an overlay, the page) may pass for one of the new report, whatever this run writes or is killed before.
+    metrics.json goes first, so that a kill while clearing leaves a folder that reads as unfinished."""
+    files = [out / name for name in reversed(REPORT_FILES) if (out / name).is_file()]
+    folders = [out / name for name in REPORT_FOLDERS if (out / name).is_dir()]
+    if files or folders:
+        log.info("%s holds an earlier report: it is replaced", out)
+    for path in files:
+        path.unlink()
+    for path in folders:
+        shutil.rmtree(path)
 
 
 def report_sections(table: pd.DataFrame, oof: dict[int, pd.DataFrame] | None, per_fold: Sequence[dict[str, float]],

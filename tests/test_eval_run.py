@@ -5,6 +5,7 @@ matches the per-fold columns, predict that agrees with eval, and clear errors.""
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from support.runs import TRAINED_SIZE, TRAINED_TEST_AUC_FLOOR, build_run, tiny_config
 from support.wandb_files import completed_run_records
 
+from eval.run_eval import REPORT_FILES, REPORT_FOLDERS
 from hnp.cli import main
 from hnp.config import load_config
 from hnp.levels import LEVELS
@@ -43,6 +45,8 @@ def report(world: dict[str, Path]) -> Path:
 def test_eval_writes_every_contract_file(report: Path) -> None:
     for name in CONTRACT_FILES:
         assert (report / name).is_file(), name
+    # and nothing else: what a rerun removes of an earlier report (clear_earlier_report) must be all of it
+    assert {path.name for path in report.iterdir()} <= set(REPORT_FILES) | set(REPORT_FOLDERS)
     assert (report / "roc.png").read_bytes().startswith(b"\x89PNG")
     text = (report / "report.md").read_text()
     for heading in ("paper Table 5 layout", "Cross-validation (out-of-fold, image level; paper Table 3 layout)",
@@ -51,6 +55,19 @@ def test_eval_writes_every_contract_file(report: Path) -> None:
     images = len(pd.read_parquet(report / "predictions_images.parquet"))
     assert f"\n{images} test images of " in text
     assert "| L4-5 |" in text and "0.41 | 0.47 | 0.43 | 0.67 |" in text
+
+
+def test_a_rerun_replaces_the_earlier_report_whole(report: Path, world: dict[str, Path], tmp_path: Path) -> None:
+    """Evaluated again without Grad-CAM, into the folder of a report with it: no earlier overlay, explanation or
+    gallery is left to pass for one of the new report."""
+    out = shutil.copytree(report, tmp_path / "report")
+    assert main(["eval", "--run", str(world["run"]), "--shards", str(world["shards"]), "--out", str(out),
+                 "--gradcam-top", "0", "--bootstrap", "50", "--no-wandb"]) == 0
+    assert not (out / "gradcam").exists() and not (out / "explanations").exists()
+    assert not (out / "explanations.json").exists()
+    assert "Grad-CAM" not in (out / "report.md").read_text()
+    assert "Grad-CAM gallery" not in (out / "report.html").read_text()
+    assert json.loads((out / "metrics.json").read_text())["ceiling"] is None  # the new report's: no --truth
 
 
 def test_every_test_image_is_predicted_once_by_every_fold(report: Path, world: dict[str, Path]) -> None:

@@ -184,33 +184,41 @@ def test_a_corrupt_resume_state_is_refused_naming_the_file_and_why(tmp_path: Pat
 
 # ---- hnp eval killed and rerun ------------------------------------------------------------------------------------
 
-# Slows the metrics step down, so the kill lands after the predictions are written and before the report is.
-SLOW_METRICS = """
-import time
-import eval.report as report
-_write_metrics = report.write_metrics
-def write_metrics(*args, **kwargs):
+# Marks the start of the explanation step (Grad-CAM) and slows it down, so the kill lands after the predictions, ROC
+# and calibration files are written and before the summary files (metrics, report) are.
+SLOW_EXPLANATIONS = """
+import pathlib, time
+import eval.run_eval as run_eval
+_explain_test_set = run_eval.explain_test_set
+def explain_test_set(*args, **kwargs):
+    pathlib.Path({started!r}).touch()
     time.sleep(60)
-    return _write_metrics(*args, **kwargs)
-report.write_metrics = write_metrics
+    return _explain_test_set(*args, **kwargs)
+run_eval.explain_test_set = explain_test_set
 """
 
 
 @pytest.mark.slow
-def test_eval_killed_midway_then_rerun_gives_the_same_report(tmp_path: Path, private_env: dict[str, str],
-                                                             trained_world: dict[str, Path]) -> None:
+def test_eval_killed_midway_over_an_earlier_report_then_rerun_gives_the_same_report(
+        tmp_path: Path, private_env: dict[str, str], trained_world: dict[str, Path]) -> None:
+    """A second `hnp eval` into a finished report folder, killed during Grad-CAM: the folder must not read as a
+    finished report (no metrics.json, whose presence says so, and no report of the earlier evaluation beside the new
+    predictions); the rerun gives the uninterrupted run's report."""
     shards, run = trained_world["shards"], trained_world["run"]  # read only: the reports go to tmp_path
     args = ["--run", str(run), "--shards", str(shards), "--gradcam-top", "2", "--no-wandb"]
     reference = tmp_path / "reference"
     assert main(["eval", *args, "--out", str(reference)]) == 0
 
     out = tmp_path / "report"
-    process = _hnp_process(["eval", *args, "--out", str(out)], private_env, tmp_path / "eval.log", SLOW_METRICS)
-    _wait_for(lambda: (out / "predictions_patients.parquet").is_file(), process, "patient predictions")
-    time.sleep(0.5)
+    shutil.copytree(reference, out)
+    started = tmp_path / "explaining"
+    process = _hnp_process(["eval", *args, "--out", str(out)], private_env, tmp_path / "eval.log",
+                           SLOW_EXPLANATIONS.format(started=str(started)))
+    _wait_for(started.exists, process, "the explanation step")
     kill_tree(process)
     assert process.returncode == -signal.SIGKILL
-    assert not (out / "metrics.json").exists() and not (out / "report.md").exists()  # visibly unfinished
+    summary = ("metrics.json", "metrics.csv", "report.md", "report.html")
+    assert [name for name in summary if (out / name).exists()] == []  # visibly unfinished, not the earlier report
 
     assert main(["eval", *args, "--out", str(out)]) == 0
     for name in ("metrics.json", "metrics.csv", "report.md", "gradcam/index.csv"):
