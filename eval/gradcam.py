@@ -38,6 +38,7 @@ scaled to [0, 1] again: the explanation of the bagged prediction, as the probabi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from eval.map_options import AUTO_LAYER, LAST_CONV, METHOD_NAMES, MIN_CELLS
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
+from hnp.files import atomic_write_bytes
 from hnp.predictions import KEY, PATIENT, label_column, model_targets, prob_column
 
 METHODS: dict[str, type[BaseCAM]] = dict(zip(METHOD_NAMES, (GradCAM, HiResCAM, LayerCAM, GradCAMPlusPlus),
@@ -298,10 +300,12 @@ def write_map(gray: np.ndarray, heat: np.ndarray, out_dir: Path, stem: Path, res
     """
     full = to_image_resolution(heat, gray.shape[0], gray.shape[1], resize)
     (out_dir / stem.parent).mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / stem.with_suffix(".npy"), full)
+    heatmap = io.BytesIO()  # numpy's own file write loses the reason of a failed write (a full disk): Python writes
+    np.save(heatmap, full)
+    atomic_write_bytes(out_dir / stem.with_suffix(".npy"), heatmap.getvalue())
     png = out_dir / stem.with_suffix(".png")
     encoded, picture = cv2.imencode(".png", overlay(gray, full))
     if not encoded:
         raise HnpError(f"could not encode {png}")
-    png.write_bytes(picture.tobytes())  # Python opens the file: cv2.imwrite crashed on a non-UTF-8 folder name
+    atomic_write_bytes(png, picture.tobytes())  # Python opens the file: cv2.imwrite crashed on a non-UTF-8 folder name
     return {"file": str(stem.with_suffix(".png")), "heatmap": str(stem.with_suffix(".npy"))}

@@ -40,6 +40,7 @@ from eval.samples import read_sample_meta
 from hnp.bars import progress_bar
 from hnp.config import DataConfig
 from hnp.errors import HnpError
+from hnp.files import atomic_write
 from hnp.predictions import KEY, PATIENT, PRED_AGE, add_any, model_targets, prob_column, report_targets
 from hnp.shard_format import TEST_SPLIT, fold_split, read_dataset
 from train.model import FoldCheckpoint, load_checkpoint, outputs_to_predictions
@@ -324,12 +325,12 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         options.calibrate, options.prevalence, options.calibration_bins, options.bootstrap, options.seed), options.out)
     patients, table = clinical.patients, table.join(clinical.columns)
 
-    images.to_parquet(options.out / ("predictions_images.parquet" if fusion == "none" else STUDIES_TABLE), index=False)
+    write_table(images, options.out / ("predictions_images.parquet" if fusion == "none" else STUDIES_TABLE))
     films = None
     if fusion != "none":
         films = film_weights(folds, eval_loader(data, options.shards, fusion, device), device, eval_amp(folds, device))
-        films.to_parquet(options.out / FILMS_TABLE, index=False)
-    patients.to_parquet(options.out / "predictions_patients.parquet", index=False)
+        write_table(films, options.out / FILMS_TABLE)
+    write_table(patients, options.out / "predictions_patients.parquet")
     ceiling = phantom_ceiling(options.truth, images if fusion == "none" else None, patients)
     meta_json = {
         "run": options.run.name, "task": task, "folds": [f.fold for f in folds], "threshold_rule": options.threshold,
@@ -366,6 +367,11 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     log.info("wrote %s", options.out)
     return {**meta_json, "metrics": table.to_dict(orient="index"),
             "explanations": explanation_json(explained) if explained is not None else None}
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """A prediction table as Parquet, atomically (`hnp.files`)."""
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def clear_earlier_report(out: Path) -> None:

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from hnp.errors import HnpError
+from hnp.files import STORAGE_FULL, write_failed
 
 # subcommand -> (module holding add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HnpError as err:
         print(f"hnp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in STORAGE_FULL:
+            raise
+        # a write not made through hnp.files: name its file when the error knows it, else the output folder
+        where = err.filename or (f"a file in {args.out}" if getattr(args, "out", None) else "a file")
+        print(f"hnp {args.command}: error: {write_failed(where, err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hnp {args.command}: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from hnp.errors import HnpError
 from hnp.levels import LEVELS
+from phantom.ceiling import CEILING_FILE
 
 log = logging.getLogger("hnp.demo")
 
@@ -37,6 +39,11 @@ class DemoPaths:
     @property
     def manifest(self) -> Path:
         return self.phantom / "manifest.parquet"
+
+    @property
+    def phantom_finished(self) -> bool:
+        """`hnp phantom` writes ceiling.json last."""
+        return (self.phantom / CEILING_FILE).is_file()
 
     @property
     def shards(self) -> Path:
@@ -79,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if args.patients < 8:
         raise HnpError(f"--patients {args.patients}: a 4-fold demo needs at least 8 patients")
     paths = DemoPaths(args.out)
+    if paths.phantom.exists() and not paths.phantom_finished:  # left by a kill during its making: made again
+        log.warning("%s: an unfinished phantom of an earlier run; it is made again", paths.phantom)
+        shutil.rmtree(paths.phantom)
     timings: list[tuple[str, float]] = []
     for stage, argv in demo_stages(args, paths):
         timings.append((stage, _run_stage(stage, argv, getattr(args, "verbose", False))))
@@ -90,7 +100,7 @@ def demo_stages(args: argparse.Namespace, paths: DemoPaths) -> list[tuple[str, l
     """The demo as the `hnp` commands a user would type, in order."""
     workers = str(max(1, args.workers))
     stages = []
-    if not paths.manifest.is_file():  # a rerun keeps the phantom it made before
+    if not paths.phantom_finished:  # a rerun keeps the phantom it made before
         stages.append(("phantom", ["phantom", "--out", str(paths.phantom), "--patients", str(args.patients),
                                    "--seed", str(args.seed), "--difficulty", args.difficulty, "--prevalence",
                                    "balanced", "--workers", workers]))

@@ -1,6 +1,7 @@
 """Crash-safe file writes: every file a later stage trusts (shards' side files, checkpoints, tables, reports) is
 written under a temporary name in its own folder and renamed onto its name with `os.replace`, atomic on POSIX
-file systems, so a killed writer leaves the previous complete file or none, never half of one.
+file systems, so a killed writer leaves the previous complete file or none, never half of one. A write that runs
+out of room removes its temporary file and becomes an `HnpError` naming the file (`write_failed`).
 
     atomic_write_text(out / "dataset.json", text)
     atomic_write(fold_dir / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
@@ -8,10 +9,27 @@ file systems, so a killed writer leaves the previous complete file or none, neve
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from hnp.errors import HnpError
+
+# A write the storage refused for want of room: a full disk, a used-up quota, the file size limit (ulimit -f)
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_failed(where: str | Path, error: OSError) -> HnpError:
+    """A write that ran out of room (`STORAGE_FULL`), worded for the user: where, why, and what to do.
+
+    Args:
+        where: the file being written, or the folder it was written in when the file is unknown.
+        error: the OSError of the write.
+    """
+    return HnpError(f"{where}: cannot write: {error.strerror or error}; free some space, then run the same "
+                    "command again")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -29,6 +47,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in STORAGE_FULL:
+            raise write_failed(path, error) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

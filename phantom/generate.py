@@ -13,8 +13,10 @@ patients are spread over worker processes.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import multiprocessing
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ import pandas as pd
 
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
-from hnp.files import atomic_write
+from hnp.files import atomic_write, atomic_write_bytes
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from phantom.anatomy import base_prevalence, sample_patient
@@ -34,6 +36,8 @@ from phantom.ceiling import CEILING_FILE, ceiling_document, posterior, write_cei
 from phantom.render import encode_jpeg, render_view
 from phantom.signs import difficulty_preset
 from phantom.truth import ImageTruth, PatientTruth, image_table, patient_table, sign_table, write_truth_tables
+
+log = logging.getLogger("hnp.phantom")
 
 MIN_SIZE = (64, 48)  # smaller images cannot hold five vertebrae with visible disc spaces
 # The paper trained on the first collection period and tested on the second (Methods 2.1).
@@ -167,7 +171,7 @@ def render_patient(config: PhantomConfig, index: int, patient_id: str, study_id:
     for image, view in enumerate(patient.views):
         radiograph = render_view(patient, view, rng, config.size)
         path = image_name(index, image)
-        (config.out / path).write_bytes(encode_jpeg(radiograph.pixels))
+        atomic_write_bytes(config.out / path, encode_jpeg(radiograph.pixels))  # a full disk names the file
         result.manifest.append({"patient_id": patient_id, "image_path": path, "split": split, "age": patient.age,
                                 **dict(zip(LEVEL_COLUMNS, patient.labels, strict=True)), "view": view,
                                 "sex": patient.sex, "study_id": study_id, "xray_date": xray_date, "mri_date": mri_date})
@@ -209,13 +213,32 @@ def _prepare_out(out: Path) -> None:
 
 def generate(config: PhantomConfig, progress: bool = True) -> pd.DataFrame:
     """Render the whole data set into `config.out` and return the manifest (also written as Parquet and CSV),
-    with the truth tables and ceiling.json beside it.
+    with the truth tables and ceiling.json beside it; ceiling.json is written last, so a folder without it is
+    unfinished. A run that fails or is interrupted (Ctrl-C) removes what it wrote, so the same command can run again.
 
     Args:
         config: what to write.
         progress: show a progress bar (per patient).
     """
     _prepare_out(config.out)
+    try:
+        return _generate(config, progress)
+    except BaseException:  # Ctrl-C included: an unfinished data set is of no use, and would block the rerun
+        _remove_unfinished(config.out)
+        raise
+
+
+def _remove_unfinished(out: Path) -> None:
+    """Empty `out` of what this run wrote; `_prepare_out` found it empty or absent, so nothing in it is another's."""
+    log.warning("removing the unfinished phantom in %s", out)
+    for child in out.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _generate(config: PhantomConfig, progress: bool) -> pd.DataFrame:
     chunks = _chunks(config)
     with progress_bar(total=config.patients, unit="patient", desc="phantom", disable=not progress) as bar:
         def done(chunk: _Chunk) -> None:
@@ -278,7 +301,11 @@ def _render_parallel(chunks: list[_Chunk], workers: int, done: Callable[[_Chunk]
     results: list[_Rendered] = [_Rendered([], [], [])] * len(chunks)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
         futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            done(chunks[futures[future]])
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                done(chunks[futures[future]])
+        except BaseException:  # a chunk failed, or Ctrl-C: the chunks not started are not rendered
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results

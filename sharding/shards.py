@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
-from hnp.files import atomic_write_text
+from hnp.files import STORAGE_FULL, atomic_write_text, write_failed
 from hnp.jpeg import JpegError, inspect_jpeg
 from hnp.shard_format import IMAGE_EXT, LABEL_EXT, META_EXT, member_name
 
@@ -442,10 +442,18 @@ def write_shard(spec: ShardSpec, out_dir: Path, encoding: Encoding, previous: di
         return kept
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_tar, tmp_idx = tar_path.with_suffix(".tar.tmp"), idx_path.with_suffix(".idx.tmp")
-    sha, index_text, reencoded = _write_tar(spec, tmp_tar, encoding, report)
-    tmp_idx.write_text(index_text)
-    os.replace(tmp_idx, idx_path)  # index first: a tar under its final name always has its index beside it
-    os.replace(tmp_tar, tar_path)
+    try:
+        sha, index_text, reencoded = _write_tar(spec, tmp_tar, encoding, report)
+        tmp_idx.write_text(index_text)
+        os.replace(tmp_idx, idx_path)  # index first: a tar under its final name always has its index beside it
+        os.replace(tmp_tar, tar_path)
+    except OSError as error:
+        if error.errno in STORAGE_FULL:
+            raise write_failed(tar_path, error) from error
+        raise
+    finally:  # a half-written shard would only hold space (on a full disk, the space the rerun needs)
+        tmp_tar.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
     return ShardResult(spec.name, digest, len(spec.samples), tar_path.stat().st_size, sha,
                        hashlib.sha256(index_text.encode()).hexdigest(), reencoded)
 
