@@ -123,6 +123,9 @@ def _run_stage(stage: str, argv: list[str], verbose: bool) -> float:
     log.info("── %s: hnp %s", stage, " ".join(argv))
     start = time.perf_counter()
     status = main(["-v", *argv] if verbose else argv)
+    if status == 130:  # the stage was interrupted (Ctrl-C): no cause to fix
+        log.warning("interrupted at `hnp %s`: run `hnp demo` again, finished stages are kept", argv[0])
+        raise KeyboardInterrupt
     if status != 0:
         raise HnpError(f"the demo stopped at `hnp {argv[0]}` (exit status {status}); its messages are above. "
                        "Fix the cause and run `hnp demo` again: finished stages are kept.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from support import demo as support
 
 from eval.report import PAPER_TABLE5
 from hnp.cli import main
-from hnp.demo import DemoPaths, add_arguments, demo_stages
+from hnp.demo import DemoPaths, add_arguments, demo_stages, run
 from hnp.levels import LEVELS
 
 
@@ -97,3 +98,14 @@ def test_demo_asks_the_phantom_for_its_difficulty(tmp_path: Path, given: list[st
     stages = dict(demo_stages(parser.parse_args(["--out", str(tmp_path), *given]), DemoPaths(tmp_path)))
     phantom = stages["phantom"]
     assert phantom[phantom.index("--difficulty") + 1] == difficulty
+
+
+def test_ctrl_c_in_a_stage_stops_the_demo_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Not "error: ... fix the cause": the stage's Ctrl-C (exit status 130) is the demo's, with how to go on."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.setattr("hnp.cli.main", lambda argv: 130)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, logger="hnp.demo"):
+        run(parser.parse_args(["--out", str(tmp_path)]))
+    assert "interrupted at `hnp phantom`: run `hnp demo` again, finished stages are kept" in caplog.text
