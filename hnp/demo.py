@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.patients < 8:
         raise HnpError(f"--patients {args.patients}: a 4-fold demo needs at least 8 patients")
     paths = DemoPaths(args.out)
-    if paths.phantom.exists() and not paths.phantom_finished:  # left by a kill during its making: made again
+    if paths.phantom.is_dir() and any(paths.phantom.iterdir()) and not paths.phantom_finished:  # a kill's leftovers
         log.warning("%s: an unfinished phantom of an earlier run; it is made again", paths.phantom)
         shutil.rmtree(paths.phantom)
     timings: list[tuple[str, float]] = []
