@@ -30,6 +30,7 @@ import pandas as pd
 
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
+from hnp.workers import exit_with
 from ingest.convert import (
     IMAGES_DIR,
     RECORD_COLUMNS,
@@ -205,7 +206,7 @@ def _convert(jobs: list[Job], workers: int, progress: bool) -> Iterator[dict]:
         # from their first instruction (a worker that Ctrl-C killed while starting broke the pool).
         with _ctrl_c_ignored():
             pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_init_worker,
-                                       initargs=(stop,))
+                                       initargs=(os.getpid(), stop))
             futures = [pool.submit(_convert_chunk, chunk) for chunk in chunks]
         with pool:
             for records in _results_until_interrupted(futures, stop):
@@ -225,8 +226,9 @@ def _ctrl_c_ignored() -> Iterator[None]:
 _stop_requested: Event | None = None  # a worker's copy of the driver's stop event (_init_worker)
 
 
-def _init_worker(stop: Event) -> None:
+def _init_worker(owner: int, stop: Event) -> None:
     global _stop_requested
+    exit_with(owner)  # not left waiting for good when the driver is SIGKILLed
     _stop_requested = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also where the forkserver was started by someone else
     cv2.setNumThreads(1)  # parallelism comes from the processes

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import math
 import multiprocessing
+import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +32,7 @@ from hnp.errors import HnpError
 from hnp.files import atomic_write, atomic_write_bytes
 from hnp.levels import LEVEL_COLUMNS, LEVELS
 from hnp.schema import MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from hnp.workers import exit_with
 from phantom.anatomy import base_prevalence, sample_patient
 from phantom.ceiling import CEILING_FILE, ceiling_document, posterior, write_ceiling
 from phantom.render import encode_jpeg, render_view
@@ -192,7 +194,8 @@ def _render_chunk(chunk: _Chunk) -> _Rendered:
     return result
 
 
-def _init_worker() -> None:
+def _init_worker(owner: int) -> None:
+    exit_with(owner)  # not left waiting for good when the driver is SIGKILLed
     cv2.setNumThreads(1)  # parallelism comes from the processes; OpenCV threads would only contend for cores
 
 
@@ -299,7 +302,8 @@ def _render_parallel(chunks: list[_Chunk], workers: int, done: Callable[[_Chunk]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["phantom.generate"])
     results: list[_Rendered] = [_Rendered([], [], [])] * len(chunks)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_render_chunk, chunk): i for i, chunk in enumerate(chunks)}
         try:
             for future in as_completed(futures):

@@ -10,7 +10,9 @@ The transforms are `pipeline.transforms`, the functions `hnp predict` and `hnp p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hnp.config import DataConfig
 from hnp.errors import HnpError
 from hnp.shard_format import IMAGE_EXT, LABEL_EXT, decode_label_vector, split_label_vector
+from hnp.workers import exit_with
 from pipeline.dataset import SampleEntry, batch_sizes, rank_range, read_samples
 from pipeline.transforms import decode_gray, model_image, normalize_batch
 
@@ -108,7 +111,7 @@ class TorchLoader:
         # threads hold locks (a DALI pipeline's, seen in tests) deadlocks the worker.
         self._loader = DataLoader(ShardSamples(samples, cfg, training, seed), batch_sampler=self._batches,
                                   num_workers=workers, pin_memory=self._device.type == "cuda",
-                                  persistent_workers=workers > 0, worker_init_fn=_one_cv2_thread,
+                                  persistent_workers=workers > 0, worker_init_fn=worker_init(os.getpid()),
                                   multiprocessing_context="forkserver" if workers > 0 else None)
 
     def __len__(self) -> int:
@@ -147,7 +150,13 @@ def worker_message(err: HnpError) -> str:
     return str(err).rsplit("HnpError: ", 1)[-1].strip()
 
 
-def _one_cv2_thread(worker_id: int) -> None:
-    """Each worker is one process doing one image at a time; OpenCV's own threads would only oversubscribe."""
+def worker_init(owner: int) -> Callable[[int], None]:
+    """The DataLoader's `worker_init_fn` for workers of process `owner`: each ends with it (`hnp.workers`), and
+    uses one OpenCV thread (a worker is one process doing one image at a time; more would only oversubscribe)."""
+    return functools.partial(_init_worker, owner)
+
+
+def _init_worker(owner: int, worker_id: int) -> None:
     del worker_id
+    exit_with(owner)
     cv2.setNumThreads(1)

@@ -8,6 +8,7 @@ The batch format and the rules for ranks, epochs and view dropout are `pipeline.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from hnp.config import DataConfig
 from hnp.shard_format import IMAGE_EXT
 from pipeline.studies import StudySample, assemble_batch, epoch_films, film_rng
-from pipeline.torch_loader import EpochBatches, _one_cv2_thread, worker_batches
+from pipeline.torch_loader import EpochBatches, worker_batches, worker_init
 from pipeline.transforms import decode_gray, model_image
 
 
@@ -81,7 +82,7 @@ class TorchStudyLoader:
         self._loader = DataLoader(StudyFilms(self._studies, cfg, training, seed), batch_sampler=self._batches,
                                   collate_fn=collate_studies, num_workers=workers,
                                   pin_memory=self._device.type == "cuda", persistent_workers=workers > 0,
-                                  worker_init_fn=_one_cv2_thread,
+                                  worker_init_fn=worker_init(os.getpid()),
                                   multiprocessing_context="forkserver" if workers > 0 else None)
 
     def __len__(self) -> int:

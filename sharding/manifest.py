@@ -33,6 +33,7 @@ from hnp.jpeg import JpegError, inspect_jpeg_file_stat
 from hnp.levels import LEVEL_COLUMNS, LEVELS, SPLITS, VIEWS
 from hnp.pairing import too_far_apart, xray_mri_gap_days
 from hnp.schema import AGE_RANGE, MAX_XRAY_MRI_DAYS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from hnp.workers import exit_with
 
 # Columns read as text from CSV: identifiers keep their leading zeros, dates are parsed by the date check.
 _TEXT_COLUMNS = ("patient_id", "image_path", "split", "view", "sex", "study_id", "xray_date", "mri_date")
@@ -340,7 +341,8 @@ def _check_images(table: pd.DataFrame, workers: int) -> tuple[list[Problem], dic
     batches = [files[i : i + _IMAGE_BATCH] for i in range(0, len(files), _IMAGE_BATCH)]
     failures: dict[str, str] = {}
     stats: dict[str, tuple[int, int]] = {}
-    pool = ProcessPoolExecutor(min(workers, len(batches))) if workers > 1 and len(batches) > 1 else None
+    pool = (ProcessPoolExecutor(min(workers, len(batches)), initializer=exit_with, initargs=(os.getpid(),))
+            if workers > 1 and len(batches) > 1 else None)
     try:
         checked = pool.map(_inspect, batches) if pool else map(_inspect, batches)
         with progress_bar(total=len(files), desc="checking images", unit="img",

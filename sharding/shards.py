@@ -44,6 +44,7 @@ from hnp.errors import HnpError
 from hnp.files import STORAGE_FULL, atomic_write_text, write_failed
 from hnp.jpeg import JpegError, inspect_jpeg
 from hnp.shard_format import IMAGE_EXT, LABEL_EXT, META_EXT, member_name
+from hnp.workers import exit_with
 
 BLOCK = 512
 LEDGER_NAME = "progress.jsonl"
@@ -537,8 +538,9 @@ def remove_stale_files(out_dir: Path, specs: list[ShardSpec]) -> list[str]:
 _progress_queue = None  # set in each worker process by _init_worker
 
 
-def _init_worker(progress) -> None:
+def _init_worker(owner: int, progress) -> None:
     global _progress_queue
+    exit_with(owner)  # not left waiting for good when the driver is SIGKILLed
     _progress_queue = progress
 
 
@@ -599,7 +601,8 @@ def _write_parallel(specs: list[ShardSpec], out_dir: Path, encoding: Encoding, l
     progress = context.Queue()
     # Largest shards first: the last shards to start are the small ones, so no worker idles at the end.
     order = sorted(specs, key=lambda spec: -len(spec.samples))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(), progress)) as pool:
         pending: set[Future] = {pool.submit(_write_in_worker, spec, out_dir, encoding, ledger.get(spec.name))
                                 for spec in order}
         try:
