@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from support.dicom import write_labels, write_phantom_export
+from support.processes import interruptible
 
 import ingest.importer
 from hnp.errors import HnpError
@@ -136,10 +137,6 @@ def test_resuming_with_other_settings_is_refused(small_export: dict, tmp_path: P
         import_dicom(other)
 
 
-def _interruptible() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     export, labels = _export(tmp_path, patients=60, size=(512, 400))
@@ -152,11 +149,10 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path: Path) -> None:
     files = len([p for p in export.rglob("*") if p.is_file()])
     out = tmp_path / "out"
     # A session of its own, so that the signal goes to the whole group as a terminal's Ctrl-C does, with SIGINT's
-    # default action as in a terminal (a shell starts background jobs with SIGINT ignored, and Python then keeps
-    # ignoring it: the import ran to the end when pytest itself ran in the background); niced, so that on a loaded
-    # machine this test is not starved while the import finishes.
+    # default action as in a terminal (`interruptible`: the import ran to the end when pytest itself ran in the
+    # background); niced, so that on a loaded machine this test is not starved while the import finishes.
     run = subprocess.Popen(["nice", "-n", "19", *argv, "--out", str(out)], cwd=REPO, env=env,
-                           start_new_session=True, preexec_fn=_interruptible, stdout=subprocess.PIPE,
+                           start_new_session=True, preexec_fn=interruptible, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while (not (out / "images").is_dir() or len(list((out / "images").iterdir())) < 5) and run.poll() is None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.processes import interruptible
 
 from hnp.cli import main
 from hnp.demo import DemoPaths, add_arguments
@@ -110,7 +111,7 @@ def test_phantom_interrupted_removes_what_it_wrote(tmp_path: Path) -> None:
     out = tmp_path / "phantom"
     process = subprocess.Popen([sys.executable, "-c", HNP, "phantom", "--out", str(out), "--patients", "2000",
                                 "--size", "256x200", "--workers", "2"], cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               preexec_fn=interruptible, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "images").is_dir() or len(list((out / "images").iterdir())) < 20:
         assert process.poll() is None and time.monotonic() < deadline, "no radiographs written"

@@ -85,3 +85,10 @@ def run_until(argv: list[str], *, env: dict[str, str], cwd: Path, logs: Path, un
             kill_tree(process)
     return subprocess.CompletedProcess(argv, process.returncode, (logs / "stdout").read_bytes(),
                                        (logs / "stderr").read_bytes())
+
+
+def interruptible() -> None:
+    """A `preexec_fn` giving the child SIGINT's default action, as in a terminal: a shell starts background jobs
+    with SIGINT ignored, and Python then keeps ignoring it, so a test's Ctrl-C did nothing when pytest itself ran
+    in the background (CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
