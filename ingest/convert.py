@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from hnp.errors import HnpError
+from hnp.files import STORAGE_FULL, write_failed
 from ingest import reasons
 from ingest.header import header_skip_reason, image_meta
 from ingest.pixels import Skipped, display_image, pixel_skip_reason
@@ -187,4 +188,6 @@ def _write_jpeg(path: Path, gray, quality: int) -> None:
     try:
         path.write_bytes(encoded.tobytes())
     except OSError as err:  # the output's fault (disk full, folder gone), not the file's: the import stops
+        if err.errno in STORAGE_FULL:
+            raise write_failed(path, err) from None
         raise HnpError(f"{path}: cannot write the image: {err.strerror or err}") from None

@@ -1,6 +1,7 @@
-"""A disk that fills up while `hnp phantom`, `hnp shard` and `hnp eval` write: each stops with one line that names
-the file it could not write and says what to do, never a traceback; it leaves no half-written file behind (on a
-full disk those hold the space the rerun needs); and once there is room, the same command finishes.
+"""A disk that fills up while `hnp phantom`, `hnp shard`, `hnp eval` and `hnp import-dicom` write: each stops with
+one line that names the file it could not write and says what to do, never a traceback; phantom, shard and eval
+leave no half-written file behind (on a full disk those hold the space the rerun needs; the import's rerun removes
+an image without its journal record); and once there is room, the same command finishes.
 
 The full disk is the file size limit of `ulimit -f` (RLIMIT_FSIZE), set in the subprocess that runs `hnp` and
 inherited by its workers: a write past it fails as a write to a full disk does, with EFBIG ("File too large") where
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.dicom import write_labels, write_phantom_export
 from support.processes import interruptible
 
 from hnp.cli import main
@@ -28,6 +30,7 @@ from hnp.demo import DemoPaths, add_arguments
 from hnp.demo import run as run_demo
 from hnp.errors import HnpError
 from hnp.files import atomic_write_bytes
+from phantom.generate import PhantomConfig, generate
 from sharding.build import ShardOptions, shard_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +153,17 @@ def test_eval_names_the_file_and_a_rerun_gives_the_report(trained_world: dict[st
     assert leftovers(out) == [] and not (out / "metrics.json").exists()  # unfinished, and it shows
     assert main(argv) == 0
     assert (out / "metrics.json").is_file() and leftovers(out) == []
+
+
+def test_import_dicom_names_the_image_and_the_rerun_finishes(tmp_path: Path) -> None:
+    generate(PhantomConfig(out=tmp_path / "phantom", patients=6, size=(512, 400)), progress=False)
+    export = write_phantom_export(tmp_path / "phantom", tmp_path / "export", encodings=("mono2_8bit",))
+    argv = ["import-dicom", str(tmp_path / "export"), "--labels", str(write_labels(export, tmp_path / "labels.csv")),
+            "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"]
+    named = Path(stopped_cleanly(hnp_on_a_full_disk(argv, limit=4 * 1024), "import-dicom"))
+    assert named.parent == tmp_path / "out" / "images" and named.suffix == ".jpg"
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "manifest.csv").is_file()
 
 
 def test_the_demo_makes_again_a_phantom_that_a_kill_left_unfinished(tmp_path: Path,
