@@ -55,7 +55,6 @@ REPORT_FILES = ("calibration.png", "pr.png", "operating_points.csv", "prediction
 REPORT_FOLDERS = ("gradcam", "explanations")
 
 
-
 @dataclass(frozen=True)
 class EvalOptions:
     """What `hnp eval` was asked to do; see `eval.cli` for each option's meaning."""

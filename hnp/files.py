@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hnp.errors import HnpError
@@ -32,6 +33,17 @@ def write_failed(where: str | Path, error: OSError) -> HnpError:
                     "command again")
 
 
+@contextmanager
+def naming_a_full_disk(path: str | Path) -> Iterator[None]:
+    """Writes to `path` inside: one that runs out of room becomes `write_failed(path, ...)`; other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in STORAGE_FULL:
+            raise write_failed(path, error) from error
+        raise
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)`, then move the finished file onto `path` in one rename.
 
@@ -45,12 +57,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno in STORAGE_FULL:
-            raise write_failed(path, error) from error
-        raise
+        with naming_a_full_disk(path):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

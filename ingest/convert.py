@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from hnp.errors import HnpError
-from hnp.files import STORAGE_FULL, write_failed
+from hnp.files import naming_a_full_disk
 from ingest import reasons
 from ingest.header import header_skip_reason, image_meta
 from ingest.pixels import Skipped, display_image, pixel_skip_reason
@@ -186,8 +186,7 @@ def _write_jpeg(path: Path, gray, quality: int) -> None:
     # No temporary file and rename (1.5 ms a file): an image counts only once its record is journaled, after this
     # write; one cut short by a crash has no record, and the import deletes images without one when it ends.
     try:
-        path.write_bytes(encoded.tobytes())
-    except OSError as err:  # the output's fault (disk full, folder gone), not the file's: the import stops
-        if err.errno in STORAGE_FULL:
-            raise write_failed(path, err) from None
+        with naming_a_full_disk(path):
+            path.write_bytes(encoded.tobytes())
+    except OSError as err:  # the output's fault (a folder gone; a full disk above), not the file's: the import stops
         raise HnpError(f"{path}: cannot write the image: {err.strerror or err}") from None

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from hnp.bars import progress_bar
 from hnp.errors import HnpError
-from hnp.files import STORAGE_FULL, atomic_write_text, write_failed
+from hnp.files import atomic_write_text, naming_a_full_disk
 from hnp.jpeg import JpegError, inspect_jpeg
 from hnp.shard_format import IMAGE_EXT, LABEL_EXT, META_EXT, member_name
 from hnp.workers import exit_with
@@ -444,14 +444,11 @@ def write_shard(spec: ShardSpec, out_dir: Path, encoding: Encoding, previous: di
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_tar, tmp_idx = tar_path.with_suffix(".tar.tmp"), idx_path.with_suffix(".idx.tmp")
     try:
-        sha, index_text, reencoded = _write_tar(spec, tmp_tar, encoding, report)
-        tmp_idx.write_text(index_text)
-        os.replace(tmp_idx, idx_path)  # index first: a tar under its final name always has its index beside it
-        os.replace(tmp_tar, tar_path)
-    except OSError as error:
-        if error.errno in STORAGE_FULL:
-            raise write_failed(tar_path, error) from error
-        raise
+        with naming_a_full_disk(tar_path):
+            sha, index_text, reencoded = _write_tar(spec, tmp_tar, encoding, report)
+            tmp_idx.write_text(index_text)
+            os.replace(tmp_idx, idx_path)  # index first: a tar under its final name always has its index beside it
+            os.replace(tmp_tar, tar_path)
     finally:  # a half-written shard would only hold space (on a full disk, the space the rerun needs)
         tmp_tar.unlink(missing_ok=True)
         tmp_idx.unlink(missing_ok=True)
